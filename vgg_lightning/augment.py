@@ -1,0 +1,80 @@
+"""Batched augmentation on whole uint8 batches, on whatever device the batch is on.
+
+Each function is pure in (batch, generator): the same generator state gives the same output, on CPU or GPU,
+and no per-image Python runs. Random numbers are drawn on the batch's device (a generator, when given, must
+live there too).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per-image random HxW crop of the images zero-padded by ``padding`` on each side (torchvision's
+    ``RandomCrop(32, padding=4)``, for a whole batch at once)."""
+    if padding <= 0:
+        return images
+    n, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dev = images.device
+    top = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
+    rows = (top[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (left[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (n, 1, 1, w)
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def cutout(images: torch.Tensor, size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Zero one ``size``x``size`` square per image, centred anywhere (so it may be clipped by the border)."""
+    if size <= 0:
+        return images
+    n, _, h, w = images.shape
+    dev = images.device
+    cy = torch.randint(0, h, (n,), device=dev, generator=generator)
+    cx = torch.randint(0, w, (n,), device=dev, generator=generator)
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    in_y = ((ys - (cy[:, None] - size // 2)) >= 0) & ((ys - (cy[:, None] - size // 2)) < size)
+    in_x = ((xs - (cx[:, None] - size // 2)) >= 0) & ((xs - (cx[:, None] - size // 2)) < size)
+    mask = in_y[:, None, :, None] & in_x[:, None, None, :]
+    return images.masked_fill(mask, 0)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """uint8 [0, 255] -> float ``(x / 255 - mean) / std`` in the layout the model wants."""
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    out = (images.float() - m) / s
+    return out.to(dtype=dtype, memory_format=memory_format)
+
+
+def train_augment(
+    images: torch.Tensor,
+    crop_padding: int = 4,
+    flip: bool = True,
+    cutout_size: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """The training augmentation on a uint8 batch: crop, flip, cutout (each skipped when off)."""
+    images = random_crop(images, crop_padding, generator)
+    if flip:
+        images = random_flip(images, generator)
+    return cutout(images, cutout_size, generator)

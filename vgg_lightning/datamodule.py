@@ -1,0 +1,229 @@
+"""CIFAR-10/100 as a LightningDataModule with a compact, in-memory data path.
+
+The images stay uint8 tensors (N, 3, 32, 32) for the whole run: a batch is one index into them, moved to the
+training device as 3 KB per image, and augmented there as a whole batch (``on_after_batch_transfer``). On a GPU
+the whole split sits in GPU memory, so there is no host-to-device copy at all.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+
+from vgg_lightning.augment import normalize, train_augment
+from vgg_lightning.cifar_files import (
+    SPECS,
+    DataError,
+    download_and_extract,
+    find_root,
+    missing_data_message,
+    read_batches,
+    read_class_names,
+)
+
+# Per-channel statistics of each training set (RGB), as the CIFAR literature uses them.
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class ConfigError(ValueError):
+    """An option's value cannot work; raised before any work starts."""
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class TensorBatchLoader:
+    """Yields ``(images, labels)`` batches sliced from in-memory tensors.
+
+    Each epoch's order is a permutation seeded by ``(seed, epoch)``, so resumed runs see the same order as
+    uninterrupted ones. Under DDP each rank takes every world_size-th index of that permutation: its own shard,
+    all shards equally long. Lightning calls ``sampler.set_epoch`` on it before each epoch, as on a DataLoader.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+        self.sampler = self  # where Lightning looks for set_epoch
+        self.batch_sampler = None  # no torch sampler inside: Lightning leaves this loader as it is
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard_size(self) -> int:
+        _, world = _rank_and_world()
+        n = len(self.labels)
+        # Training drops the tail so every rank has the same number of images; evaluation pads it by repeating
+        # the first images, as DistributedSampler does.
+        return n // world if self.drop_last else math.ceil(n / world)
+
+    def __len__(self) -> int:
+        n = self._shard_size()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's indices for the current epoch, in order."""
+        rank, world = _rank_and_world()
+        n = len(self.labels)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        total = self._shard_size() * world
+        order = order[:total] if total <= n else torch.cat([order, order[: total - n]])
+        return order[rank::world].to(self.labels.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self.indices()
+        for i in range(len(self)):
+            sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.images[sel], self.labels[sel]
+
+
+class CIFARDataModule(L.LightningDataModule):
+    """CIFAR-10 or CIFAR-100 from the official python archive, split into train/val by a seeded permutation.
+
+    Args:
+        dataset: ``cifar10`` or ``cifar100``.
+        data_dir: folder holding (or to receive) the extracted archive, e.g. ``data/cifar-10-batches-py/``.
+        download: fetch and verify the official archive when the files are missing.
+        val_size: images of the training files held out for validation (model selection); the official test
+            set is used by ``test`` only.
+        split_seed: seed of the train/val split and of the per-epoch shuffling.
+        batch_size: images per batch per device (validation and test use the same size).
+        num_workers: loader processes for reading image files in ``predict``; the in-memory CIFAR path needs none.
+        crop_padding: random-crop padding in pixels for training images (0 turns cropping off).
+        flip: random horizontal flips for training images.
+        cutout: side of the square Cutout erases from each training image (0 turns it off).
+        mean: per-channel mean for normalization; default: the training set's.
+        std: per-channel standard deviation for normalization; default: the training set's.
+        data_on_device: on a GPU, keep the whole split in GPU memory (no per-step host-to-device copy).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["cifar10", "cifar100"] = "cifar10",
+        data_dir: str = "data",
+        download: bool = True,
+        val_size: PositiveInt = 5000,
+        split_seed: int = 0,
+        batch_size: PositiveInt = 256,
+        num_workers: NonNegativeInt = 0,
+        crop_padding: NonNegativeInt = 4,
+        flip: bool = True,
+        cutout: NonNegativeInt = 0,
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
+        data_on_device: bool = True,
+    ) -> None:
+        super().__init__()
+        if dataset not in SPECS:
+            raise ConfigError(f"data.dataset must be one of {', '.join(SPECS)}, got {dataset!r}")
+        if Path(data_dir).exists() and not Path(data_dir).is_dir():
+            raise ConfigError(f"data.data_dir '{data_dir}' is a file; give a folder (it is created if missing)")
+        if std is not None and any(s <= 0 for s in std):
+            raise ConfigError(f"data.std must be positive, got {std}")
+        self.save_hyperparameters()
+        self.spec = SPECS[dataset]
+        self.data_dir = Path(data_dir)
+        default_mean, default_std = STATS[dataset]
+        self.mean, self.std = tuple(mean or default_mean), tuple(std or default_std)
+        self.class_names: list[str] = []
+        self.train_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.val_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.test_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download once per node (Lightning calls this on one process); reading needs no official checksum."""
+        if find_root(self.data_dir, self.spec) is not None:
+            return
+        if not self.hparams.download:
+            raise DataError(missing_data_message(self.data_dir, self.spec, "files missing and download is off"))
+        download_and_extract(self.data_dir, self.spec)
+
+    def _root(self) -> Path:
+        root = find_root(self.data_dir, self.spec)
+        if root is None:
+            raise DataError(missing_data_message(self.data_dir, self.spec, "files missing"))
+        return root
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        root = self._root()
+        self.class_names = read_class_names(root / self.spec.meta_file, self.spec.names_key, self.num_classes)
+        device = self._data_device()
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = read_batches(
+                [root / f for f in self.spec.train_files], self.spec.label_key, self.num_classes
+            )
+            val_size = self.hparams.val_size
+            if val_size >= len(labels):
+                raise ConfigError(
+                    f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images in {root}"
+                )
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            val_idx, train_idx = order[:val_size], order[val_size:]
+            self.train_set = (images[train_idx].to(device), labels[train_idx].to(device))
+            self.val_set = (images[val_idx].to(device), labels[val_idx].to(device))
+        if stage in (None, "test", "predict") and self.test_set is None:
+            images, labels = read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes)
+            self.test_set = (images.to(device), labels.to(device))
+
+    def _data_device(self) -> torch.device:
+        trainer = self.trainer
+        if self.hparams.data_on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    # -- loaders ----------------------------------------------------------------------------------------------
+    def _loader(self, split: Optional[tuple[torch.Tensor, torch.Tensor]], train: bool) -> TensorBatchLoader:
+        assert split is not None, "setup() has not loaded this split"
+        bs = self.hparams.batch_size
+        return TensorBatchLoader(*split, batch_size=bs, shuffle=train, drop_last=train, seed=self.hparams.split_seed)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.test_set, train=False)
+
+    # -- on-device transforms ---------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            if self.trainer is not None and self.trainer.training:
+                h = self.hparams
+                images = train_augment(images, h.crop_padding, h.flip, h.cutout)
+            images = normalize(images, self.mean, self.std)
+        return images, labels

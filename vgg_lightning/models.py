@@ -1,0 +1,140 @@
+"""VGG networks for 32x32 images, built from plain config lists as torchvision's ``models/vgg.py`` does.
+
+``vgg11/13/16/19`` follow torchvision's configs A, B, D and E; the CIFAR head replaces the 4096-wide ImageNet
+classifier (the feature map is 1x1x512 after five pools of a 32x32 image). ``seed`` is the blog article's
+"VGG-16" exactly as it printed it, kept so users can compare against it.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import nn
+
+# "M" is a 2x2 max-pool; numbers are output channels of a 3x3 convolution (torchvision's cfgs A, B, D, E).
+CONFIGS: dict[str, list[Union[int, str]]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+ARCHS = (*CONFIGS, "seed")
+
+
+def make_layers(cfg: list[Union[int, str]], batch_norm: bool, width: float = 1.0) -> nn.Sequential:
+    """Conv(3x3) [-> BN] -> ReLU for each number, MaxPool for each "M"; ``width`` scales every channel count."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        out_channels = max(1, round(int(v) * width))
+        # A conv followed by BN needs no bias: BN's shift replaces it.
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """VGG features followed by a CIFAR head: ``head_hidden`` 0 gives one linear layer from the 512 features."""
+
+    def __init__(
+        self,
+        cfg: list[Union[int, str]],
+        num_classes: int = 10,
+        batch_norm: bool = True,
+        width: float = 1.0,
+        head_hidden: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.features = make_layers(cfg, batch_norm, width)
+        channels = [v for v in cfg if v != "M"]
+        in_features = max(1, round(int(channels[-1]) * width))
+        head: list[nn.Module] = [nn.Flatten()]
+        if head_hidden > 0:
+            for _ in range(2):  # two hidden layers, as VGG's classifier has
+                head += [nn.Linear(in_features, head_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+                in_features = head_hidden
+        elif dropout > 0:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(in_features, num_classes))
+        self.classifier = nn.Sequential(*head)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SeedNet(nn.Module):
+    """The article's network, layer for layer: no ReLU inside a stack, 1x1 convs padded by 1, pooling padded
+    from the second stack on, then pool -> BN -> ReLU after each stack and three FC layers (14,777,162 params)."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+        super().__init__()
+
+        def stack(convs: list[tuple[int, int, int]], pool_padding: int) -> list[nn.Module]:
+            mods: list[nn.Module] = [nn.Conv2d(i, o, k, padding=1) for i, o, k in convs]
+            out = convs[-1][1]
+            return [*mods, nn.MaxPool2d(2, 2, padding=pool_padding), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *stack([(3, 64, 3), (64, 64, 3)], 0),  # conv1-2: 32 -> 16
+            *stack([(64, 128, 3), (128, 128, 3)], 1),  # conv3-4: 16 -> 9
+            *stack([(128, 128, 3), (128, 128, 3), (128, 128, 1)], 1),  # conv5-7: 9 -> 11 -> 6
+            *stack([(128, 256, 3), (256, 256, 3), (256, 256, 1)], 1),  # conv8-10: 6 -> 8 -> 5
+            *stack([(256, 512, 3), (512, 512, 3), (512, 512, 1)], 1),  # conv11-13: 5 -> 7 -> 4
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(512 * 4 * 4, 1024),  # fc14
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(1024, 1024),  # fc15
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(1024, num_classes),  # fc16
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convs (fan-out, as torchvision), unit BN, small-normal linear layers."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def build_model(
+    arch: str = "vgg16",
+    num_classes: int = 10,
+    batch_norm: bool = True,
+    width: float = 1.0,
+    head_hidden: int = 0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """The network named by ``arch``; ``seed`` ignores the VGG-only options, as the article fixed them."""
+    if arch == "seed":
+        return SeedNet(num_classes=num_classes)
+    if arch not in CONFIGS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,207 @@
+"""The LightningModule: a VGG net, its loss, optimizer, per-step schedule and torchmetrics metrics."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any, Literal, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from vgg_lightning.models import build_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class VGGClassifier(L.LightningModule):
+    """VGG on CIFAR.
+
+    Args:
+        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``seed`` (the blog article's network).
+        batch_norm: BatchNorm after each convolution (the "-BN" variants).
+        width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
+        head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
+        dropout: dropout before each FC layer of the head.
+        num_classes: set from the data module (``data.num_classes``); do not type it.
+        optimizer: ``sgd`` (with momentum, optionally Nesterov) or ``adamw``.
+        lr: peak learning rate of the schedule.
+        momentum: SGD momentum (``adamw``: beta1).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: decoupled for AdamW, L2 for SGD; applied to conv and linear weights only, never to BN
+            parameters or biases.
+        label_smoothing: cross-entropy label smoothing.
+        schedule: ``onecycle`` (OneCycleLR), ``cosine`` (linear warm-up then cosine to 0) or ``constant``;
+            stepped after every optimizer step and sized by ``trainer.estimated_stepping_batches``.
+        warmup: fraction of all steps spent warming up (OneCycle's ``pct_start``).
+        channels_last: NHWC memory format; default: on for CUDA, off on CPU (measured several times slower
+            there with BatchNorm).
+        compile: ``torch.compile`` the network for training and evaluation.
+    """
+
+    def __init__(
+        self,
+        arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "seed"] = "vgg16",
+        batch_norm: bool = True,
+        width: PositiveFloat = 1.0,
+        head_hidden: NonNegativeInt = 0,
+        dropout: ClosedUnitInterval = 0.0,
+        num_classes: PositiveInt = 10,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: PositiveFloat = 0.1,
+        momentum: ClosedUnitInterval = 0.9,
+        nesterov: bool = True,
+        weight_decay: NonNegativeFloat = 5e-4,
+        label_smoothing: ClosedUnitInterval = 0.0,
+        schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
+        warmup: ClosedUnitInterval = 0.15,
+        channels_last: Optional[bool] = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(arch, num_classes, batch_norm, width, head_hidden, dropout)
+        top5 = min(5, num_classes)
+        self.train_metrics = self._metrics("train/", num_classes, top5)
+        self.val_metrics = self._metrics("val/", num_classes, top5)
+        self.test_metrics = self._metrics("test/", num_classes, top5)
+        self._epoch_start = 0.0
+        self._epoch_images = 0
+
+    @staticmethod
+    def _metrics(prefix: str, num_classes: int, top5: int) -> MetricCollection:
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "acc_top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            },
+            prefix=prefix,
+        )
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def _use_channels_last(self) -> bool:
+        cl = self.hparams.channels_last
+        return self.device.type == "cuda" if cl is None else cl
+
+    def _net(self):
+        if not self.hparams.compile:
+            return self.net
+        if "_compiled" not in self.__dict__:
+            # Kept out of the module tree so checkpoints hold the plain network's keys.
+            self.__dict__["_compiled"] = torch.compile(self.net)
+        return self.__dict__["_compiled"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_channels_last():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._net()(x)
+
+    def setup(self, stage: str) -> None:
+        if self._use_channels_last():
+            self.net.to(memory_format=torch.channels_last)
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}"
+            )
+        self.train_metrics.update(logits.detach(), y)
+        self._epoch_images += len(y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, prefix: str):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metrics.update(logits, y)
+        self.log(f"{prefix}loss", loss, on_epoch=True, sync_dist=True, prog_bar=prefix == "val/")
+        self.log_dict(metrics, on_epoch=True, prog_bar=prefix == "val/")
+        return logits
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val/")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test/")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        x, y = batch
+        probs = self(x).float().softmax(dim=1)
+        return {"probs": probs.cpu(), "labels": y.cpu()}
+
+    # -- throughput -------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+
+    def on_train_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._epoch_start
+        self.log("train/epoch_time_s", seconds, sync_dist=True)
+        self.log("train/images_per_s", self._epoch_images * self.trainer.world_size / max(seconds, 1e-9))
+
+    # -- optimization -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        decay = [p for p in self.net.parameters() if p.ndim > 1]  # conv and linear weights
+        no_decay = [p for p in self.net.parameters() if p.ndim <= 1]  # BN weights and all biases
+        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if h.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0)
+        else:
+            opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999))
+        if h.schedule == "constant":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if h.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=h.lr, total_steps=total, pct_start=max(h.warmup, 1e-3), cycle_momentum=False
+            )
+        else:
+            warm = int(h.warmup * total)
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints: RNG states make a resumed run draw the same augmentations as an uninterrupted one ---------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # numpy's state as plain types, so the checkpoint still loads with weights_only=True
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(states["python"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
