@@ -1,0 +1,170 @@
+"""The command line end to end, in-process (fast) and as a subprocess where the exit status matters."""
+
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from vgg_lightning.cli import auto_precision, main
+from vgg_lightning.module import VGGClassifier
+
+
+def tiny(data_dir, *extra):
+    return [
+        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
+        "--data.batch_size", "16", "--model.arch", "vgg11", "--model.width", "0.125",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_fit_fast_dev_run(cifar10_dir, workdir):
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.fast_dev_run", "2")]) == 0
+
+
+def test_cifar100_links_num_classes(cifar100_dir, workdir):
+    args = tiny(cifar100_dir, "--data.dataset", "cifar100", "--data.val_size", "20", "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1")  # fmt: skip
+    assert main(["fit", *args]) == 0
+    model = VGGClassifier.load_from_checkpoint(workdir / "lightning_logs/version_0/checkpoints/last.ckpt")
+    assert model.hparams.num_classes == 100
+    assert model.net.classifier[-1].out_features == 100
+
+
+@pytest.fixture
+def trained_run(cifar10_dir, workdir):
+    """One short epoch: 3 training steps, full validation."""
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3")]) == 0
+    return workdir / "lightning_logs" / "version_0"
+
+
+def test_fit_writes_the_run(trained_run):
+    files = {p.name for p in trained_run.iterdir()}
+    assert {"config.yaml", "hparams.yaml", "checkpoints"} <= files
+    assert any(name.startswith("events.out.tfevents") for name in files)
+    ckpts = {p.name for p in (trained_run / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch000-val_acc") for n in ckpts)
+    config = (trained_run / "config.yaml").read_text()
+    assert "arch: vgg11" in config
+    assert "num_classes: 10" in (trained_run / "hparams.yaml").read_text()  # linked from the data module
+
+
+def test_checkpoint_rebuilds_the_model(trained_run):
+    path = trained_run / "checkpoints" / "last.ckpt"
+    model = VGGClassifier.load_from_checkpoint(path, weights_only=True)
+    assert model.hparams.arch == "vgg11" and model.hparams.width == 0.125
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_evaluate_and_predict_from_checkpoints(trained_run, cifar10_dir, capsys):
+    assert main(["validate", *tiny(cifar10_dir, "--ckpt_path", "last")]) == 0
+    assert main(["test", *tiny(cifar10_dir, "--ckpt_path", "best")]) == 0
+    out = capsys.readouterr().out
+    assert "test/acc" in out and "val/acc" in out
+    assert main(["predict", *tiny(cifar10_dir, "--ckpt_path", "last")]) == 0
+    out = capsys.readouterr().out
+    truth = next(line for line in out.splitlines() if line.startswith("GroundTruth:"))
+    pred = next(line for line in out.splitlines() if line.startswith("Predicted:"))
+    assert len(truth.split()) - 1 == len(pred.split()) - 1 == 40  # the tiny test set has 40 images (< 64)
+    assert "Accuracy of the network on the 40 test images" in out
+    rows = (trained_run / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("index,label,predicted") and len(rows) == 41
+    # evaluation commands log into the run the checkpoint came from and keep fit's config
+    assert not (trained_run.parent / "version_1").exists()
+    assert (trained_run / "test_config.yaml").is_file() and "arch: vgg11" in (trained_run / "config.yaml").read_text()
+
+
+def epochs_done(ckpt):
+    return ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+
+
+def test_resume_from_last(cifar10_dir, workdir):
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
+    assert main(["fit", *args, "--trainer.callbacks", "tests.helpers.StopAfterEpoch"]) == 0
+    last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)
+    assert before["global_step"] == 3 and before["epoch"] == 0  # saved at the end of epoch 0's validation
+    assert main(["fit", *args, "--ckpt_path", "last"]) == 0
+    after = torch.load(last, weights_only=True)
+    assert after["global_step"] == 6 and epochs_done(after) == 2
+    assert after["lr_schedulers"][0]["last_epoch"] == 6  # the schedule went on, not restarted
+    assert not (workdir / "lightning_logs" / "version_1").exists()  # logging went on in the same run
+
+
+def test_ckpt_last_without_runs(cifar10_dir, workdir, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *tiny(cifar10_dir, "--ckpt_path", "last")])
+    assert e.value.code == 2
+    assert "no run in" in capsys.readouterr().err
+
+
+def test_offline_message(workdir, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    assert main(["fit", "--data.data_dir", "nowhere", "--trainer.max_epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "data_dir 'nowhere'" in err and "cifar-10-python.tar.gz" in err and "data_batch_1" in err
+    assert "tar -xzf" in err and "Traceback" not in err
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_missing_data_subprocess(workdir):
+    r = run_cli("fit", "--data.data_dir", str(workdir / "empty"), "--data.download", "false", cwd=workdir)
+    assert r.returncode == 1
+    assert "download is off" in r.stderr and "Traceback" not in r.stderr
+    assert not (workdir / "lightning_logs").exists() or not any((workdir / "lightning_logs").rglob("*.ckpt"))
+
+
+def test_help_and_print_config(workdir):
+    r = run_cli("--help", cwd=workdir)
+    assert r.returncode == 0
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in r.stdout
+    r = run_cli("fit", "--print_config", "--model.lr", "0.05", cwd=workdir)
+    assert r.returncode == 0
+    assert "arch: vgg16" in r.stdout and "lr: 0.05" in r.stdout and "dataset: cifar10" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--model.arch", "vgg15"],
+        ["--data.batch_size", "0"],
+        ["--model.lr", "-0.1"],
+        ["--data.dataset", "mnist"],
+        ["--model.optimizer", "rmsprop"],
+    ],
+)
+def test_bad_options_exit_2(option, workdir):
+    r = run_cli("fit", *option, cwd=workdir)
+    assert r.returncode == 2, r.stderr
+    assert option[0].lstrip("-") in r.stderr or option[1] in r.stderr
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_data_dir_that_is_a_file(workdir):
+    (workdir / "afile").write_text("x")
+    r = run_cli("fit", "--data.data_dir", "afile", cwd=workdir)
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_auto_precision_on_cpu():
+    if not torch.cuda.is_available():
+        assert auto_precision("auto") == "32-true"
+    assert auto_precision("cpu") == "32-true"

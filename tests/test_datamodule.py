@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from vgg_lightning import datamodule as dm_mod
+from vgg_lightning.datamodule import CIFARDataModule, ConfigError, TensorBatchLoader
+
+
+def split(data_dir, seed=0, val_size=50):
+    dm = CIFARDataModule(data_dir=str(data_dir), download=False, val_size=val_size, split_seed=seed, batch_size=32)
+    dm.setup("fit")
+    return dm
+
+
+def keys(images):
+    """One hashable key per image, to compare sets of images across splits."""
+    return {bytes(img.flatten().tolist()) for img in images}
+
+
+def test_split_is_disjoint_complete_and_seeded(cifar10_dir):
+    a, b, c = split(cifar10_dir, 0), split(cifar10_dir, 0), split(cifar10_dir, 1)
+    train, val = keys(a.train_set[0]), keys(a.val_set[0])
+    assert len(a.val_set[1]) == 50 and len(a.train_set[1]) == 150
+    assert not train & val
+    dm_all = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=1)
+    dm_all.setup("fit")
+    everything = keys(dm_all.train_set[0]) | keys(dm_all.val_set[0])
+    assert train | val == everything and len(everything) == 200
+    assert torch.equal(a.val_set[0], b.val_set[0])
+    assert keys(c.val_set[0]) != val
+
+
+def test_test_set_is_not_in_train_or_val(cifar10_dir):
+    dm = split(cifar10_dir)
+    dm.setup("test")
+    assert not keys(dm.test_set[0]) & (keys(dm.train_set[0]) | keys(dm.val_set[0]))
+
+
+def test_val_size_must_leave_training_images(cifar10_dir):
+    with pytest.raises(ConfigError, match="val_size"):
+        split(cifar10_dir, val_size=200)
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        CIFARDataModule(data_dir=str(f))
+
+
+def test_loader_batches_and_epochs():
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 32, 32)
+    labels = torch.arange(100)
+    train = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True, seed=3)
+    assert len(train) == 3
+    epoch0 = torch.cat([y for _, y in train])
+    assert len(epoch0) == 96 and len(set(epoch0.tolist())) == 96
+    assert torch.equal(epoch0, torch.cat([y for _, y in train]))  # same epoch, same order
+    train.sampler.set_epoch(1)
+    assert not torch.equal(epoch0, torch.cat([y for _, y in train]))
+    val = TensorBatchLoader(images, labels, batch_size=32, shuffle=False, drop_last=False)
+    assert len(val) == 4 and torch.equal(torch.cat([y for _, y in val]), labels)
+    x, y = next(iter(val))
+    assert x.dtype == torch.uint8 and torch.equal(x[:, 0, 0, 0], y.to(torch.uint8))
+
+
+def test_each_rank_gets_its_own_shard(monkeypatch):
+    labels = torch.arange(103)
+    images = torch.zeros(103, 3, 32, 32, dtype=torch.uint8)
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(dm_mod, "_rank_and_world", lambda rank=rank: (rank, 2))
+        loader = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=0)
+        loader.set_epoch(5)
+        shards.append(torch.cat([y for _, y in loader]))
+        assert len(loader) == 5
+    assert len(shards[0]) == len(shards[1]) == 50
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_training_batches_are_augmented_on_transfer(cifar10_dir):
+    dm = split(cifar10_dir)
+
+    class FakeTrainer:
+        training = True
+
+    x, y = next(iter(dm.train_dataloader()))
+    dm.trainer = FakeTrainer()
+    torch.manual_seed(0)
+    aug, _ = dm.on_after_batch_transfer((x, y), 0)
+    FakeTrainer.training = False
+    plain, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert aug.dtype == plain.dtype == torch.float32 and aug.shape == plain.shape == (32, 3, 32, 32)
+    assert not torch.equal(aug, plain)
+    mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
+    assert torch.allclose(plain, (x.float() / 255 - mean) / std, atol=1e-5)

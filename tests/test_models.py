@@ -1,0 +1,87 @@
+import pytest
+import torch
+from torch import nn
+
+from vgg_lightning.models import ARCHS, CONFIGS, SeedNet, build_model, count_parameters
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_output_shape(arch, num_classes):
+    model = build_model(arch, num_classes=num_classes).eval()
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, num_classes)
+
+
+def expected_vgg_params(cfg, batch_norm, num_classes=10, width=1.0):
+    """Parameter count from the config list by hand: 3x3 convs (+bias without BN), BN affine, one linear head."""
+    total, c_in = 0, 3
+    for v in cfg:
+        if v == "M":
+            continue
+        c_out = round(v * width)
+        total += 9 * c_in * c_out + (2 * c_out if batch_norm else c_out)
+        c_in = c_out
+    return total + c_in * num_classes + num_classes
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_vgg_parameter_counts(arch, batch_norm):
+    model = build_model(arch, batch_norm=batch_norm)
+    assert count_parameters(model) == expected_vgg_params(CONFIGS[arch], batch_norm)
+
+
+def test_known_counts():
+    # VGG-16-BN with a linear CIFAR head (pytorch-cifar's VGG16 has 4,224 more: conv biases before BN).
+    assert count_parameters(build_model("vgg16")) == 14_724_042
+    # The article's network, as printed.
+    assert count_parameters(build_model("seed")) == 14_777_162
+
+
+def test_width_scales_channels():
+    half = build_model("vgg16", width=0.5)
+    convs = [m for m in half.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [v // 2 for v in CONFIGS["vgg16"] if v != "M"]
+    assert count_parameters(half) == expected_vgg_params(CONFIGS["vgg16"], True, width=0.5)
+
+
+def test_every_conv_is_followed_by_bn_and_relu():
+    layers = list(build_model("vgg16").features)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            assert isinstance(layers[i + 1], nn.BatchNorm2d) and isinstance(layers[i + 2], nn.ReLU)
+            assert layer.kernel_size == (3, 3) and layer.padding == (1, 1)
+
+
+def test_head_options():
+    model = build_model("vgg11", head_hidden=256, dropout=0.5)
+    linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 256), (256, 256), (256, 10)]
+    assert sum(isinstance(m, nn.Dropout) for m in model.classifier) == 2
+
+
+def test_seed_net_layout():
+    net = SeedNet()
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13
+    one_by_one = [i + 1 for i, c in enumerate(convs) if c.kernel_size == (1, 1)]
+    assert one_by_one == [7, 10, 13] and all(convs[i - 1].padding == (1, 1) for i in one_by_one)
+    # No ReLU inside a stack: every ReLU comes right after a BatchNorm that follows a pool.
+    layers = list(net.features)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.ReLU):
+            assert isinstance(layers[i - 1], nn.BatchNorm2d) and isinstance(layers[i - 2], nn.MaxPool2d)
+    fcs = [m for m in net.classifier if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in fcs] == [(8192, 1024), (1024, 1024), (1024, 10)]
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("vgg15")
+
+
+def test_kaiming_init_is_applied():
+    torch.manual_seed(0)
+    conv = next(m for m in build_model("vgg11").modules() if isinstance(m, nn.Conv2d))
+    fan_out = conv.out_channels * 9
+    assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.02
