@@ -174,25 +174,36 @@ class CIFARDataModule(L.LightningDataModule):
         return root
 
     def setup(self, stage: Optional[str] = None) -> None:
-        root = self._root()
-        self.class_names = read_class_names(root / self.spec.meta_file, self.spec.names_key, self.num_classes)
-        device = self._data_device()
-        if stage in (None, "fit", "validate") and self.train_set is None:
+        need_train = stage in (None, "fit", "validate") and self.train_set is None
+        need_test = stage in (None, "test", "predict") and self.test_set is None
+        if need_train or need_test or not self.class_names:
+            root = self._root()
+            self.class_names = read_class_names(root / self.spec.meta_file, self.spec.names_key, self.num_classes)
+        if need_train:
             images, labels = read_batches(
                 [root / f for f in self.spec.train_files], self.spec.label_key, self.num_classes
             )
-            val_size = self.hparams.val_size
-            if val_size >= len(labels):
-                raise ConfigError(
-                    f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images in {root}"
-                )
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
-            val_idx, train_idx = order[:val_size], order[val_size:]
-            self.train_set = (images[train_idx].to(device), labels[train_idx].to(device))
-            self.val_set = (images[val_idx].to(device), labels[val_idx].to(device))
-        if stage in (None, "test", "predict") and self.test_set is None:
-            images, labels = read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes)
-            self.test_set = (images.to(device), labels.to(device))
+            self.train_set, self.val_set = self.split(images, labels)
+        if need_test:
+            self.test_set = read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes)
+        # Once, on the device the run trains on (a no-op on CPU or when already there).
+        device = self._data_device()
+        for name in ("train_set", "val_set", "test_set"):
+            split = getattr(self, name)
+            if split is not None:
+                setattr(self, name, (split[0].to(device), split[1].to(device)))
+
+    def split(self, images: torch.Tensor, labels: torch.Tensor):
+        """(train, val) by a permutation seeded with ``split_seed``: disjoint, complete, repeatable."""
+        val_size = self.hparams.val_size
+        if val_size >= len(labels):
+            raise ConfigError(
+                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images"
+                f" in {self.data_dir}"
+            )
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val_idx, train_idx = order[:val_size], order[val_size:]
+        return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
     def _data_device(self) -> torch.device:
         trainer = self.trainer

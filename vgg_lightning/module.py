@@ -75,6 +75,7 @@ class VGGClassifier(L.LightningModule):
         self.test_metrics = self._metrics("test/", num_classes, top5)
         self._epoch_start = 0.0
         self._epoch_images = 0
+        self._first_bad_step: Optional[torch.Tensor] = None
 
     @staticmethod
     def _metrics(prefix: str, num_classes: int, top5: int) -> MetricCollection:
@@ -113,10 +114,7 @@ class VGGClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}"
-            )
+        self._watch_loss(loss)
         self.train_metrics.update(logits.detach(), y)
         self._epoch_images += len(y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -143,11 +141,31 @@ class VGGClassifier(L.LightningModule):
         probs = self(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
+    # -- non-finite loss: flagged on the device, checked every few steps (a check per step would stall a GPU) --
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        step = torch.full_like(self._first_bad_step, self.global_step)
+        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step)
+        if loss.device.type != "cuda" or self.global_step % 16 == 0:
+            self._check_loss()
+
+    def _check_loss(self) -> None:
+        if self._first_bad_step is not None and (step := int(self._first_bad_step)) >= 0:
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at global step {step} (epoch {self.current_epoch})"
+            )
+
     # -- throughput -------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
 
+    def on_validation_start(self) -> None:
+        self._check_loss()  # before validation ends and a checkpoint could store bad weights
+
     def on_train_epoch_end(self) -> None:
+        self._check_loss()
         seconds = time.perf_counter() - self._epoch_start
         self.log("train/epoch_time_s", seconds, sync_dist=True)
         self.log("train/images_per_s", self._epoch_images * self.trainer.world_size / max(seconds, 1e-9))

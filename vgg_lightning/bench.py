@@ -1,0 +1,270 @@
+"""Lightning's ``fit`` path against a minimal hand-written PyTorch loop, same model and data path.
+
+    python -m vgg_lightning.bench                      # synthetic uint8 images
+    python -m vgg_lightning.bench --data_dir ../shared/data/cifar10-subset
+    python -m vgg_lightning.bench --help
+
+Both loops train the same network with the same batch size, optimizer (Nesterov SGD, per-step OneCycle),
+precision, memory format and on-device augmentation, from the same in-memory uint8 loader. After ``warmup``
+steps, each times ``steps`` optimizer steps and prints images/s, the share of step time spent waiting for the
+next batch, and peak memory. Runs alternate (plain, Lightning, plain, ...) ``repeats`` times; medians are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import time
+from typing import Iterator, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from vgg_lightning.augment import normalize, train_augment
+from vgg_lightning.cli import auto_precision
+from vgg_lightning.datamodule import STATS, CIFARDataModule, TensorBatchLoader
+from vgg_lightning.models import build_model
+from vgg_lightning.module import VGGClassifier
+
+
+class TimedLoader:
+    """Wraps a loader and records how long each ``next()`` blocked: the time a step waits for data."""
+
+    def __init__(self, loader: TensorBatchLoader) -> None:
+        self.loader = loader
+        self.waits: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator:
+        it = iter(self.loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.waits.append(time.perf_counter() - t)
+            yield batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
+    """The hand-written baseline: what a careful user writes without Lightning."""
+    torch.manual_seed(0)
+    model = build_model(cfg["arch"], 10, True, cfg["width"]).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if cfg["compile"] else model
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"], momentum=0.9, nesterov=True,
+    )  # fmt: skip
+    total = cfg["warmup"] + cfg["steps"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, cycle_momentum=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"].startswith("16"))
+    mean, std = STATS["cifar10"]
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    loader = TimedLoader(TensorBatchLoader(images, labels, cfg["batch_size"], shuffle=True, drop_last=True))
+    _reset_peak(device)
+    model.train()
+    step, t0 = 0, 0.0
+    while step < total:
+        for x, y in loader:
+            if step == cfg["warmup"]:
+                _sync(device)
+                t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = normalize(train_augment(x, 4, True, 0), mean, std, memory_format=fmt)
+            with _autocast(device, cfg["precision"]):
+                loss = F.cross_entropy(fwd(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            if step == total:
+                break
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "wait": sum(loader.waits[cfg["warmup"] :]), "memory_mb": _peak_memory_mb(device)}
+
+
+class _StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.t0, self.t1 = warmup, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            _sync(pl_module.device)
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.t1 = time.perf_counter()
+
+
+class _BenchData(CIFARDataModule):
+    """The project's data module on given tensors, its training loader timed."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+        super().__init__(batch_size=batch_size, download=False)
+        self.train_set, self.val_set = (images, labels), (images[:1], labels[:1])
+        self.class_names = [str(i) for i in range(10)]
+        self.timed: Optional[TimedLoader] = None
+
+    def prepare_data(self) -> None:  # the tensors are given: nothing to fetch
+        pass
+
+    def train_dataloader(self) -> TimedLoader:
+        self.timed = TimedLoader(super().train_dataloader())
+        return self.timed
+
+
+def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
+    """The project's fit path: VGGClassifier + CIFARDataModule under Lightning's Trainer."""
+    torch.manual_seed(0)
+    total = cfg["warmup"] + cfg["steps"]
+    model = VGGClassifier(
+        arch=cfg["arch"], width=cfg["width"], lr=cfg["lr"], label_smoothing=0.0, schedule="onecycle",
+        channels_last=cfg["channels_last"], compile=cfg["compile"],
+    )  # fmt: skip
+    data = _BenchData(images, labels, cfg["batch_size"])
+    timer = _StepTimer(cfg["warmup"])
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, precision=cfg["precision"], max_steps=total, max_epochs=-1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], benchmark=device.type == "cuda",
+    )  # fmt: skip
+    _reset_peak(device)
+    trainer.fit(model, datamodule=data)
+    seconds = timer.t1 - timer.t0
+    # Lightning fetches one batch ahead, so the first `warmup` fetches belong to the warm-up steps.
+    wait = sum(data.timed.waits[cfg["warmup"] : total]) if data.timed else float("nan")
+    return {"seconds": seconds, "wait": wait, "memory_mb": _peak_memory_mb(device)}
+
+
+def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if data_dir is None:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n,), generator=g)
+        source = f"synthetic uint8 tensors ({n} images)"
+    else:
+        dm = CIFARDataModule(data_dir=data_dir, download=False, val_size=1)
+        dm.setup("fit")
+        images, labels = dm.train_set
+        source = f"CIFAR-10 files in {data_dir} ({len(labels)} images)"
+    if device.type == "cuda":  # as the data module does on a GPU: the whole split in GPU memory
+        images, labels = images.to(device), labels.to(device)
+    return images, labels, source
+
+
+def run(
+    arch: str = "vgg16",
+    width: float = 1.0,
+    batch_size: int = 256,
+    steps: int = 20,
+    warmup: int = 5,
+    repeats: int = 2,
+    precision: Optional[str] = None,
+    channels_last: Optional[bool] = None,
+    compile: bool = False,
+    lr: float = 0.05,
+    data_dir: Optional[str] = None,
+    device: str = "auto",
+) -> dict:
+    """Benchmark; prints a table and returns the medians.
+
+    Args:
+        arch: network (``vgg11``..``vgg19``, ``seed``).
+        width: channel factor of the VGG.
+        batch_size: images per step.
+        steps: timed steps per run, after ``warmup`` untimed ones.
+        warmup: untimed steps first (compilation, cudnn autotuning, allocator).
+        repeats: runs of each loop, alternating; medians are reported.
+        precision: ``32-true``, ``bf16-mixed``, ``16-mixed``; default: as ``fit`` picks it for the device.
+        channels_last: NHWC memory format; default: on for CUDA, off on CPU.
+        compile: ``torch.compile`` the network in both loops.
+        lr: peak learning rate (the step time does not depend on it).
+        data_dir: a folder with CIFAR-10 python files; default: synthetic images.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    precision = precision or auto_precision(dev.type)
+    channels_last = (dev.type == "cuda") if channels_last is None else channels_last
+    cfg = dict(arch=arch, width=width, batch_size=batch_size, steps=steps, warmup=warmup, precision=precision,
+               channels_last=channels_last, compile=compile, lr=lr)  # fmt: skip
+    images, labels, source = _load_images(data_dir, batch_size * (warmup + steps), dev)
+    if len(labels) < batch_size:
+        raise SystemExit(f"error: {source} holds fewer images than one batch of {batch_size}")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"device: {name}; torch {torch.__version__}, lightning {L.__version__}")
+    print(f"data: {source}")
+    print(f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; "
+          f"channels_last {channels_last}; compile {compile}; {warmup} warm-up + {steps} timed steps x {repeats}")  # fmt: skip
+    results: dict[str, list[dict]] = {"plain": [], "lightning": []}
+    for r in range(repeats):
+        for label, fn in (("plain", plain_loop), ("lightning", lightning_fit)):
+            res = fn(cfg, images, labels, dev)
+            results[label].append(res)
+            ips = batch_size * steps / res["seconds"]
+            print(f"  run {r + 1} {label:9s}: {ips:9.1f} images/s, data wait {100 * res['wait'] / res['seconds']:.2f}%")
+    summary = {}
+    print(f"{'loop':10s} {'images/s':>10s} {'ms/step':>9s} {'data wait':>10s} {'peak mem MB':>12s}")
+    for label, runs in results.items():
+        seconds = statistics.median(r["seconds"] for r in runs)
+        wait = statistics.median(r["wait"] / r["seconds"] for r in runs)
+        mem = max(r["memory_mb"] for r in runs)
+        summary[label] = {"images_per_s": batch_size * steps / seconds, "wait_share": wait, "memory_mb": mem}
+        print(f"{label:10s} {batch_size * steps / seconds:10.1f} {1000 * seconds / steps:9.1f} {100 * wait:9.2f}% {mem:12.0f}")
+    ratio = summary["lightning"]["images_per_s"] / summary["plain"]["images_per_s"]
+    summary["ratio"] = ratio
+    print(f"ratio lightning/plain: {ratio:.3f} (target >= 0.97)")
+    if dev.type == "cpu":
+        print("(CPU peak memory is the whole process's peak RSS, so it covers both loops)")
+    return summary
+
+
+def main() -> None:
+    from jsonargparse import CLI
+
+    CLI(run, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()
