@@ -18,7 +18,7 @@ from vgg_lightning import checkpoints
 from vgg_lightning.cifar_files import DataError
 from vgg_lightning.datamodule import CIFARDataModule, ConfigError
 from vgg_lightning.module import NonFiniteLossError, VGGClassifier
-from vgg_lightning.reporting import PredictionReport
+from vgg_lightning.reporting import EpochSummary, PredictionReport
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -90,7 +90,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightnin
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
             },
-            "callbacks": [PredictionReport()],
+            "callbacks": [PredictionReport(), EpochSummary()],
         },
         parser_kwargs={sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule

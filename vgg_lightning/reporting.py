@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -61,3 +62,40 @@ class PredictionReport(Callback):
         acc = (preds == labels).float().mean().item()
         print(f"Accuracy of the network on the {len(labels)} test images: {100 * acc:.2f} %")
         print(f"Predictions written to {self.csv_path}")
+
+
+class EpochSummary(Callback):
+    """One line per epoch (loss, accuracy, time) when the progress bar is off, e.g. in batch jobs' logs."""
+
+    def __init__(self) -> None:
+        self.loss_sum: Optional[torch.Tensor] = None
+        self.batches = 0
+        self.start = 0.0
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return trainer.progress_bar_callback is None and trainer.is_global_zero
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.loss_sum, self.batches, self.start = None, 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._active(trainer) and outputs is not None:
+            loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
+            self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss  # stays on the device
+            self.batches += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if self.loss_sum is not None:
+            parts.append(f"train loss {float(self.loss_sum) / self.batches:.4f}")
+        metrics = getattr(pl_module, "train_metrics", None)
+        if metrics is not None and self.batches:
+            parts.append(f"train acc {float(metrics['acc'].compute()):.4f}")
+        m = trainer.callback_metrics
+        for key, label in (("val/loss", "val loss"), ("val/acc", "val acc")):
+            if key in m:
+                parts.append(f"{label} {float(m[key]):.4f}")
+        parts.append(f"{time.perf_counter() - self.start:.1f} s")
+        print(" | ".join(parts), flush=True)
