@@ -83,6 +83,8 @@ def _autocast(device: torch.device, precision: str):
 def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
     """The hand-written baseline: what a careful user writes without Lightning."""
     torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
     model = build_model(cfg["arch"], 10, True, cfg["width"]).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)

@@ -68,31 +68,21 @@ class EpochSummary(Callback):
     """One line per epoch (loss, accuracy, time) when the progress bar is off, e.g. in batch jobs' logs."""
 
     def __init__(self) -> None:
-        self.loss_sum: Optional[torch.Tensor] = None
-        self.batches = 0
         self.start = 0.0
 
     def _active(self, trainer: L.Trainer) -> bool:
         return trainer.progress_bar_callback is None and trainer.is_global_zero
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.loss_sum, self.batches, self.start = None, 0, time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._active(trainer) and outputs is not None:
-            loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
-            self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss  # stays on the device
-            self.batches += 1
+        self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active(trainer):
+        # Runs before the module's own hook logs and resets the training metrics.
+        if not self._active(trainer) or not hasattr(pl_module, "epoch_metrics"):
             return
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        if self.loss_sum is not None:
-            parts.append(f"train loss {float(self.loss_sum) / self.batches:.4f}")
-        metrics = getattr(pl_module, "train_metrics", None)
-        if metrics is not None and self.batches:
-            parts.append(f"train acc {float(metrics['acc'].compute()):.4f}")
+        train = pl_module.epoch_metrics("train")
+        parts += [f"train loss {float(train['train/loss']):.4f}", f"train acc {float(train['train/acc']):.4f}"]
         m = trainer.callback_metrics
         for key, label in (("val/loss", "val loss"), ("val/acc", "val acc")):
             if key in m:
