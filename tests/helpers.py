@@ -12,3 +12,38 @@ class StopAfterEpoch(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.epoch:
             trainer.should_stop = True
+
+
+class PoisonWeights(L.Callback):
+    """Sets the first conv's weights to NaN from the given epoch on, as a diverging run would."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch >= self.epoch:
+            import torch
+
+            with torch.no_grad():
+                next(p for p in pl_module.parameters() if p.ndim == 4).fill_(float("nan"))
+
+
+class RecordRank(L.Callback):
+    """Writes what each DDP rank saw to rank<N>.json in the working directory."""
+
+    def __init__(self) -> None:
+        self.record = {"indices": [], "val_acc": []}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.record["indices"].append(trainer.train_dataloader.indices().tolist())
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.record["val_acc"].append(float(trainer.callback_metrics["val/acc"]))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import json
+
+        self.record["world_size"] = trainer.world_size
+        with open(f"rank{trainer.global_rank}.json", "w") as f:
+            json.dump(self.record, f)

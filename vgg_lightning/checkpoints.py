@@ -38,7 +38,7 @@ def best_of_run(last_ckpt: Path) -> Optional[Path]:
     """The best checkpoint a run recorded (ModelCheckpoint's state inside its ``last.ckpt``)."""
     state = torch.load(last_ckpt, map_location="cpu", weights_only=True).get("callbacks", {})
     for key, value in state.items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+        if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
             best = Path(value["best_model_path"])
             # The run folder may have moved since; look beside last.ckpt first.
             for candidate in (last_ckpt.parent / best.name, best):

@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -191,29 +192,48 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def download_and_extract(data_dir: Path, spec: CifarSpec, timeout: float = 30.0) -> Path:
+def download_and_extract(
+    data_dir: Path, spec: CifarSpec, url: str | None = None, md5: str | None = None, timeout: float = 30.0
+) -> Path:
     """Fetch the official archive, verify its MD5 and extract it; the final folder appears only when complete.
 
     Everything is written inside a temporary folder in ``data_dir`` and moved into place with one rename, so an
     interrupted or failed download leaves nothing half-written behind.
     """
+    url, md5 = url or spec.url, md5 or spec.md5
+    created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(data_dir, spec, url, md5, timeout)
+    except BaseException:
+        if created and not any(data_dir.iterdir()):
+            data_dir.rmdir()  # leave no trace of a failed first download
+        raise
+
+
+def _download_into(data_dir: Path, spec: CifarSpec, url: str, md5: str, timeout: float) -> Path:
+    print(f"Downloading {url} to {data_dir} ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=data_dir) as tmp:
-        archive = Path(tmp) / spec.url.rsplit("/", 1)[1]
+        archive = Path(tmp) / url.rsplit("/", 1)[1]
         try:
-            with urllib.request.urlopen(spec.url, timeout=timeout) as response, open(archive, "wb") as out:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             reason = getattr(e, "reason", None) or e
             raise DataError(missing_data_message(data_dir, spec, f"download failed: {reason}")) from None
         digest = md5sum(archive)
-        if digest != spec.md5:
-            raise DataError(
-                missing_data_message(data_dir, spec, f"downloaded archive has MD5 {digest}, expected {spec.md5}")
-            )
+        if digest != md5:
+            raise DataError(missing_data_message(data_dir, spec, f"downloaded archive has MD5 {digest}, expected {md5}"))
         extract_to = Path(tmp) / "extracted"
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(extract_to, filter="data")
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                # The "data" filter refuses absolute paths, links out of the folder and device files.
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(extract_to, **safe)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(missing_data_message(data_dir, spec, f"cannot extract {url}: {e}")) from None
+        if not (extract_to / spec.folder).is_dir():
+            raise DataError(missing_data_message(data_dir, spec, f"{url} holds no {spec.folder}/ folder"))
         final = data_dir / spec.folder
         if final.exists():  # a partial copy from elsewhere: keep it aside rather than delete user files
             os.replace(final, data_dir / f"{spec.folder}.incomplete")

@@ -6,6 +6,7 @@ overrides; ``--print_config`` shows the result.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,10 +14,12 @@ from typing import Optional
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vgg_lightning import checkpoints
 from vgg_lightning.cifar_files import DataError
 from vgg_lightning.datamodule import CIFARDataModule, ConfigError
+from vgg_lightning.interrupts import InterruptCheckpoint
 from vgg_lightning.module import NonFiniteLossError, VGGClassifier
 from vgg_lightning.reporting import EpochSummary, PredictionReport
 
@@ -41,7 +44,7 @@ class VGGLightningCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last.ckpt comes from LAST_CHECKPOINT, every epoch
                 "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -66,6 +69,8 @@ class VGGLightningCLI(LightningCLI):
             version = checkpoints.run_version(ckpt, log_root) if log_root else None
             if version is not None:  # go on logging into the run the checkpoint belongs to
                 cfg.trainer.logger.init_args.version = version
+        if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
+            cfg.trainer.benchmark = False  # cudnn autotuning picks algorithms by timing: not repeatable
         if cfg.trainer.get("precision") is None:
             cfg.trainer.precision = auto_precision(cfg.trainer.get("accelerator", "auto"))
         # fit writes config.yaml; the other commands, when logging into a fit run, keep theirs beside it.
@@ -80,6 +85,12 @@ class VGGLightningCLI(LightningCLI):
         return Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
 
 
+def last_checkpoint() -> ModelCheckpoint:
+    """``last.ckpt`` after every epoch. (ModelCheckpoint's own save_last, in Lightning 2.6, rewrites it only when
+    the monitored metric improved, so resuming could repeat epochs.)"""
+    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightningCLI:
     default_files = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
     return VGGLightningCLI(
@@ -90,7 +101,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightnin
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
             },
-            "callbacks": [PredictionReport(), EpochSummary()],
+            "callbacks": [PredictionReport(), EpochSummary(), InterruptCheckpoint(), last_checkpoint()],
         },
         parser_kwargs={sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule
@@ -109,6 +120,8 @@ def main(args: Optional[list[str]] = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except SIGTERMException:
+        return 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"; the checkpoint is saved
     except NonFiniteLossError as e:
         print(
             f"error: {e}.\n  The run stopped; its checkpoints hold the last good weights. Lower --model.lr or"

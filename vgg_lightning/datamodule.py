@@ -119,6 +119,8 @@ class CIFARDataModule(L.LightningDataModule):
         mean: per-channel mean for normalization; default: the training set's.
         std: per-channel standard deviation for normalization; default: the training set's.
         data_on_device: on a GPU, keep the whole split in GPU memory (no per-step host-to-device copy).
+        archive_url: download from this mirror (http(s):// or file://) instead of the official site.
+        archive_md5: the MD5 of the mirror's archive; required with ``archive_url``.
     """
 
     def __init__(
@@ -136,12 +138,16 @@ class CIFARDataModule(L.LightningDataModule):
         mean: Optional[tuple[float, float, float]] = None,
         std: Optional[tuple[float, float, float]] = None,
         data_on_device: bool = True,
+        archive_url: Optional[str] = None,
+        archive_md5: Optional[str] = None,
     ) -> None:
         super().__init__()
         if dataset not in SPECS:
             raise ConfigError(f"data.dataset must be one of {', '.join(SPECS)}, got {dataset!r}")
         if Path(data_dir).exists() and not Path(data_dir).is_dir():
             raise ConfigError(f"data.data_dir '{data_dir}' is a file; give a folder (it is created if missing)")
+        if archive_url and not archive_md5:
+            raise ConfigError("data.archive_url needs data.archive_md5: a download is always verified")
         if std is not None and any(s <= 0 for s in std):
             raise ConfigError(f"data.std must be positive, got {std}")
         self.save_hyperparameters()
@@ -165,7 +171,7 @@ class CIFARDataModule(L.LightningDataModule):
             return
         if not self.hparams.download:
             raise DataError(missing_data_message(self.data_dir, self.spec, "files missing and download is off"))
-        download_and_extract(self.data_dir, self.spec)
+        download_and_extract(self.data_dir, self.spec, self.hparams.archive_url, self.hparams.archive_md5)
 
     def _root(self) -> Path:
         root = find_root(self.data_dir, self.spec)
