@@ -77,7 +77,7 @@ def test_evaluate_and_predict_from_checkpoints(trained_run, cifar10_dir, capsys)
     assert len(truth.split()) - 1 == len(pred.split()) - 1 == 40  # the tiny test set has 40 images (< 64)
     assert "Accuracy of the network on the 40 test images" in out
     rows = (trained_run / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("index,label,predicted") and len(rows) == 41
+    assert rows[0] == "index,predicted,probability,top3,label" and len(rows) == 41
     # evaluation commands log into the run the checkpoint came from and keep fit's config
     assert not (trained_run.parent / "version_1").exists()
     assert (trained_run / "test_config.yaml").is_file() and "arch: vgg11" in (trained_run / "config.yaml").read_text()

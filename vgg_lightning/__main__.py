@@ -1,15 +1,21 @@
-"""``python -m vgg_lightning``: LightningCLI's fit/validate/test/predict, plus ``plot``."""
+"""``python -m vgg_lightning``: LightningCLI's fit/validate/test/predict, plus ``plot`` and ``export``."""
 
 import sys
 
 
 def run() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "plot":
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "plot":
+        from vgg_lightning.plot import main as plot_main
+
+        plot_main(sys.argv[2:])
+        return 0
+    if command == "export":
         from jsonargparse import CLI
 
-        from vgg_lightning.plot import plot
+        from vgg_lightning.export import export
 
-        CLI(plot, args=sys.argv[2:], as_positional=True)
+        CLI(export, args=sys.argv[2:], as_positional=False)
         return 0
     from vgg_lightning.cli import main
 

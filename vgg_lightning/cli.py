@@ -21,7 +21,8 @@ from vgg_lightning.cifar_files import DataError
 from vgg_lightning.datamodule import CIFARDataModule, ConfigError
 from vgg_lightning.interrupts import InterruptCheckpoint
 from vgg_lightning.module import NonFiniteLossError, VGGClassifier
-from vgg_lightning.reporting import EpochSummary, PredictionReport
+from vgg_lightning.reporting import EpochSummary, PredictionReport, TestReport
+from vgg_lightning.visuals import ValidationVisuals
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -101,9 +102,16 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightnin
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
             },
-            "callbacks": [PredictionReport(), EpochSummary(), InterruptCheckpoint(), last_checkpoint()],
+            "callbacks": [
+                PredictionReport(), TestReport(), EpochSummary(), ValidationVisuals(), InterruptCheckpoint(),
+                last_checkpoint(),
+            ],
         },
-        parser_kwargs={sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
+        parser_kwargs={
+            "description": "Train and evaluate VGG on CIFAR with Lightning. Also: `python -m vgg_lightning plot "
+            "RUN...` (curves as PNG) and `python -m vgg_lightning export --ckpt_path ...` (ONNX/TorchScript).",
+            **{sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
+        },
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule
         args=args,
         run=run,

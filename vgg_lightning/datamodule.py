@@ -17,6 +17,7 @@ import torch.distributed as dist
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from vgg_lightning.augment import normalize, train_augment
+from vgg_lightning.images import load_images
 from vgg_lightning.cifar_files import (
     SPECS,
     DataError,
@@ -121,6 +122,7 @@ class CIFARDataModule(L.LightningDataModule):
         data_on_device: on a GPU, keep the whole split in GPU memory (no per-step host-to-device copy).
         archive_url: download from this mirror (http(s):// or file://) instead of the official site.
         archive_md5: the MD5 of the mirror's archive; required with ``archive_url``.
+        predict_path: for ``predict``: an image file, a folder or a glob (PNG, JPEG, ...); default: the test set.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class CIFARDataModule(L.LightningDataModule):
         data_on_device: bool = True,
         archive_url: Optional[str] = None,
         archive_md5: Optional[str] = None,
+        predict_path: Optional[str] = None,
     ) -> None:
         super().__init__()
         if dataset not in SPECS:
@@ -159,6 +162,9 @@ class CIFARDataModule(L.LightningDataModule):
         self.train_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.val_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.test_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.predict_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.predict_files: list[Path] = []  # the images of predict_set, in order
+        self.skipped_files: list[tuple[Path, str]] = []  # unreadable files, and why
 
     @property
     def num_classes(self) -> int:
@@ -167,11 +173,15 @@ class CIFARDataModule(L.LightningDataModule):
     # -- files ------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download once per node (Lightning calls this on one process); reading needs no official checksum."""
-        if find_root(self.data_dir, self.spec) is not None:
+        if find_root(self.data_dir, self.spec) is not None or self._predicting_files():
             return
         if not self.hparams.download:
             raise DataError(missing_data_message(self.data_dir, self.spec, "files missing and download is off"))
         download_and_extract(self.data_dir, self.spec, self.hparams.archive_url, self.hparams.archive_md5)
+
+    def _predicting_files(self) -> bool:
+        trainer = self.trainer
+        return self.hparams.predict_path is not None and trainer is not None and trainer.state.fn == "predict"
 
     def _root(self) -> Path:
         root = find_root(self.data_dir, self.spec)
@@ -180,9 +190,16 @@ class CIFARDataModule(L.LightningDataModule):
         return root
 
     def setup(self, stage: Optional[str] = None) -> None:
+        from_files = stage == "predict" and self.hparams.predict_path is not None
+        if from_files and self.predict_set is None:
+            images, self.predict_files, self.skipped_files = load_images(
+                self.hparams.predict_path, self.hparams.num_workers
+            )
+            self.predict_set = (images, torch.full((len(images),), -1, dtype=torch.long))
         need_train = stage in (None, "fit", "validate") and self.train_set is None
-        need_test = stage in (None, "test", "predict") and self.test_set is None
-        if need_train or need_test or not self.class_names:
+        need_test = stage in (None, "test", "predict") and self.test_set is None and not from_files
+        # Predicting on image files needs no CIFAR files: the class names then come from the checkpoint.
+        if need_train or need_test or (not self.class_names and not from_files):
             root = self._root()
             self.class_names = read_class_names(root / self.spec.meta_file, self.spec.names_key, self.num_classes)
         if need_train:
@@ -194,7 +211,7 @@ class CIFARDataModule(L.LightningDataModule):
             self.test_set = read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes)
         # Once, on the device the run trains on (a no-op on CPU or when already there).
         device = self._data_device()
-        for name in ("train_set", "val_set", "test_set"):
+        for name in ("train_set", "val_set", "test_set", "predict_set"):
             split = getattr(self, name)
             if split is not None:
                 setattr(self, name, (split[0].to(device), split[1].to(device)))
@@ -233,7 +250,7 @@ class CIFARDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def predict_dataloader(self) -> TensorBatchLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.predict_set if self.predict_set is not None else self.test_set, train=False)
 
     # -- on-device transforms ---------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):

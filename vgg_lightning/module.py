@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import random
 import time
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vgg_lightning.models import build_model
 
@@ -76,6 +78,13 @@ class VGGClassifier(L.LightningModule):
         self.test_metrics = self._metrics("test/", num_classes, top5)
         # nan_strategy="disable": the NaN check reads a flag back from the GPU every step; _watch_loss covers it
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        # Per-class views for val and test (the confusion matrix's row sums give per-class accuracy).
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.best_val_acc = 0.0
+        self.last_report: dict[str, Any] = {}  # the latest val/test epoch's numbers, for callbacks
+        self._saved_class_names: list[str] = []
+        self._saved_normalization: Optional[tuple] = None  # (mean, std) of the run's data, from the checkpoint
         self._epoch_start = 0.0
         self._epoch_images = 0
         self._first_bad_step: Optional[torch.Tensor] = None
@@ -133,6 +142,7 @@ class VGGClassifier(L.LightningModule):
         logits = self(x)
         getattr(self, f"{stage}_metrics").update(logits, y)
         getattr(self, f"{stage}_loss").update(F.cross_entropy(logits, y), weight=len(y))
+        getattr(self, f"{stage}_confusion").update(logits, y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -155,16 +165,63 @@ class VGGClassifier(L.LightningModule):
         getattr(self, f"{stage}_loss").reset()
         return values
 
+    def _log_eval_epoch(self, stage: str) -> None:
+        values = self._log_epoch(stage)
+        confusion = getattr(self, f"{stage}_confusion")
+        matrix = confusion.compute().cpu()
+        confusion.reset()
+        per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1)).tolist()
+        names = self.class_names()
+        self.log_dict({f"{stage}/acc_class/{n}": a for n, a in zip(names, per_class)})
+        self.last_report = {
+            "stage": stage,
+            **{k.split("/", 1)[1]: float(v) for k, v in values.items()},
+            "per_class": dict(zip(names, per_class)),
+            "confusion": matrix.tolist(),
+            "class_names": names,
+            "num_images": int(matrix.sum()),
+        }
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.best_val_acc = max(self.best_val_acc, float(values["val/acc"]))
+            self.log("hp/best_val_acc", self.best_val_acc)  # the metric of TensorBoard's hparams tab
+
+    def class_names(self) -> list[str]:
+        """The data module's class names, else those saved in the checkpoint, else the class indices."""
+        names = getattr(self.trainer.datamodule, "class_names", None) if self._trainer is not None else None
+        names = names or self._saved_class_names
+        return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
+
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
+        self._log_eval_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        self._log_eval_epoch("test")
+
+    def on_train_start(self) -> None:
+        # Declare the hparams tab's metric once, so TensorBoard lists the run's settings next to its best val/acc.
+        if isinstance(self.logger, TensorBoardLogger):
+            self.logger.log_hyperparams(self.hparams, {"hp/best_val_acc": self.best_val_acc})
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         x, y = batch
         probs = self(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
+
+    @torch.no_grad()
+    def classify(self, image) -> tuple[str, float]:
+        """(class name, probability) for one image file (any size and mode) or a uint8 (3, 32, 32) tensor."""
+        from vgg_lightning.augment import normalize
+        from vgg_lightning.datamodule import STATS
+        from vgg_lightning.images import load_image
+
+        x = image if isinstance(image, torch.Tensor) else load_image(Path(image))
+        mean, std = self._saved_normalization or STATS["cifar100" if self.hparams.num_classes == 100 else "cifar10"]
+        was_training = self.training
+        self.eval()
+        probs = self(normalize(x[None].to(self.device), mean, std)).float().softmax(1)[0]
+        self.train(was_training)
+        p, i = probs.max(0)
+        return self.class_names()[int(i)], float(p)
 
     # -- non-finite loss: flagged on the device, checked every few steps (a check per step would stall a GPU) --
     def _watch_loss(self, loss: torch.Tensor) -> None:
@@ -226,6 +283,11 @@ class VGGClassifier(L.LightningModule):
 
     # -- checkpoints: RNG states make a resumed run draw the same augmentations as an uninterrupted one ---------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_val_acc"] = self.best_val_acc
+        checkpoint["class_names"] = self.class_names()
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "mean"):
+            checkpoint["normalization"] = (list(dm.mean), list(dm.std))
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -235,6 +297,9 @@ class VGGClassifier(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
+        self._saved_class_names = list(checkpoint.get("class_names", []))
+        self._saved_normalization = checkpoint.get("normalization")
         states = checkpoint.get("rng_states")
         if not states:
             return

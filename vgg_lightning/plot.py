@@ -21,6 +21,8 @@ def plot(runs: list[str], output: str = "curves.png", labels: Optional[list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not runs:
+        raise SystemExit("error: give at least one run folder, e.g. lightning_logs/version_0")
     if labels is not None and len(labels) != len(runs):
         raise SystemExit(f"error: {len(labels)} labels given for {len(runs)} runs")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
@@ -48,3 +50,14 @@ def plot(runs: list[str], output: str = "curves.png", labels: Optional[list[str]
     plt.close(fig)
     print(f"wrote {out}")
     return out
+
+
+def main(args: list[str]) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m vgg_lightning plot", description=plot.__doc__)
+    parser.add_argument("runs", nargs="+", help="run folders, e.g. lightning_logs/version_0")
+    parser.add_argument("--output", default="curves.png", help="PNG file to write")
+    parser.add_argument("--labels", type=Optional[list[str]], default=None, help="legend names, one per run")
+    cfg = parser.parse_args(args)
+    plot(cfg.runs, cfg.output, cfg.labels)

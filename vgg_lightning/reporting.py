@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -42,26 +44,43 @@ class PredictionReport(Callback):
         if not self.probs or not trainer.is_global_zero:
             return
         probs, labels = torch.cat(self.probs), torch.cat(self.labels)
-        names = list(getattr(trainer.datamodule, "class_names", None) or range(probs.shape[1]))
-        names = [str(n) for n in names]
+        names = pl_module.class_names() if hasattr(pl_module, "class_names") else [str(i) for i in range(probs.shape[1])]
         top_p, top_i = probs.topk(min(3, probs.shape[1]), dim=1)
+        dm = trainer.datamodule
+        files = list(getattr(dm, "predict_files", []) or [])
         out_dir = Path(trainer.log_dir) if trainer.log_dir else Path(".")
         out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = out_dir / "predictions.csv"
         tmp = self.csv_path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["index", "label", "predicted", "probability", "top3"])
+            w.writerow(["path" if files else "index", "predicted", "probability", "top3", *([] if files else ["label"])])
             for i in range(len(labels)):
                 top3 = ";".join(f"{names[c]}:{p:.4f}" for c, p in zip(top_i[i].tolist(), top_p[i].tolist()))
-                w.writerow([i, names[labels[i]], names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3])
+                row = [str(files[i]) if files else i, names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3]
+                w.writerow(row if files else [*row, names[labels[i]]])
         tmp.replace(self.csv_path)
-        preds = top_i[:, 0]
-        for line in seed_lines(labels, preds, names):
-            print(line)
-        acc = (preds == labels).float().mean().item()
-        print(f"Accuracy of the network on the {len(labels)} test images: {100 * acc:.2f} %")
+        if files:
+            self._print_files(files, top_i, top_p, names, getattr(dm, "skipped_files", []))
+        else:
+            preds = top_i[:, 0]
+            for line in seed_lines(labels, preds, names):
+                print(line)
+            acc = (preds == labels).float().mean().item()
+            print(f"Accuracy of the network on the {len(labels)} test images: {100 * acc:.2f} %")
         print(f"Predictions written to {self.csv_path}")
+
+    @staticmethod
+    def _print_files(files, top_i, top_p, names, skipped, shown: int = 20) -> None:
+        width = min(60, max(len(str(p)) for p in files[:shown]))
+        print(f"{'image':<{width}s}  {'predicted':<12s} {'prob':>6s}  runners-up")
+        for i, path in enumerate(files[:shown]):
+            rest = ", ".join(f"{names[c]} {p:.2f}" for c, p in zip(top_i[i, 1:].tolist(), top_p[i, 1:].tolist()))
+            print(f"{str(path)[-width:]:<{width}s}  {names[top_i[i, 0]]:<12s} {top_p[i, 0]:6.3f}  {rest}")
+        if len(files) > shown:
+            print(f"... and {len(files) - shown} more in the CSV")
+        for path, why in skipped:
+            print(f"skipped {path}: not a readable image ({why})", file=sys.stderr)
 
 
 class EpochSummary(Callback):
@@ -89,3 +108,40 @@ class EpochSummary(Callback):
                 parts.append(f"{label} {float(m[key]):.4f}")
         parts.append(f"{time.perf_counter() - self.start:.1f} s")
         print(" | ".join(parts), flush=True)
+
+
+def format_report(report: dict) -> str:
+    """The test table: overall loss/top-1/top-5, then per-class accuracy with class names."""
+    lines = [
+        f"Test results on {report['num_images']} images",
+        f"  {'loss':<14s} {report['loss']:.4f}",
+        f"  {'top-1 accuracy':<14s} {100 * report['acc']:.2f} %",
+    ]
+    if "acc_top5" in report:
+        lines.append(f"  {'top-5 accuracy':<14s} {100 * report['acc_top5']:.2f} %")
+    lines.append("  per class:")
+    for name, acc in report["per_class"].items():
+        lines.append(f"    {name:<14s} {100 * acc:6.2f} %")
+    return "\n".join(lines)
+
+
+class TestReport(Callback):
+    """After ``test``: print the table and write ``test_metrics.json`` into the run's folder."""
+
+    def __init__(self) -> None:
+        self.json_path: Optional[Path] = None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        report = dict(getattr(pl_module, "last_report", {}) or {})
+        if report.get("stage") != "test" or not trainer.is_global_zero:
+            return
+        print(format_report(report), flush=True)
+        report.pop("stage")
+        report["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        out_dir = Path(trainer.log_dir) if trainer.log_dir else Path(".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.json_path = out_dir / "test_metrics.json"
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(self.json_path)
+        print(f"Test metrics written to {self.json_path}", flush=True)
