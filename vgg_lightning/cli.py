@@ -27,6 +27,9 @@ from vgg_lightning.visuals import ValidationVisuals
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Options that choose how a model runs, not what it is: given on the command line, they win over the values
+# saved in a checkpoint (LightningCLI otherwise restores every model option from --ckpt_path).
+RUNTIME_MODEL_OPTIONS = ("tta_flip", "compile", "channels_last")
 
 
 def auto_precision(accelerator: object) -> str:
@@ -55,6 +58,7 @@ class VGGLightningCLI(LightningCLI):
 
     # -- before anything is built: resolve checkpoints, precision and where the run logs --------------------------
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         if sub is None:
@@ -76,6 +80,14 @@ class VGGLightningCLI(LightningCLI):
             cfg.trainer.precision = auto_precision(cfg.trainer.get("accelerator", "auto"))
         # fit writes config.yaml; the other commands, when logging into a fit run, keep theirs beside it.
         self.save_config_kwargs = {"overwrite": True, "config_filename": "config.yaml" if sub == "fit" else f"{sub}_config.yaml"}
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        given = [k for k in RUNTIME_MODEL_OPTIONS if any(a.startswith(f"--model.{k}") for a in self._raw_args)]
+        before = {k: self.config[sub].model.get(k) for k in given} if sub else {}
+        super()._parse_ckpt_path()
+        for key, value in before.items():
+            self.config[sub].model[key] = value
 
     @staticmethod
     def _log_root(cfg) -> Optional[Path]:

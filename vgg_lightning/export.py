@@ -39,15 +39,14 @@ def _fail(message: str) -> None:
     raise SystemExit(1)
 
 
-def load_for_export(ckpt_path: str, raw_uint8: bool) -> tuple[ExportWrapper, list[str]]:
+def load_for_export(path: Path, raw_uint8: bool) -> tuple[ExportWrapper, list[str]]:
     from vgg_lightning.module import VGGClassifier
 
-    path = checkpoints.resolve(ckpt_path, Path("lightning_logs"))
     model = VGGClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     data = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters", {})
     default_mean, default_std = STATS[data.get("dataset", "cifar10")]
     mean, std = data.get("mean") or default_mean, data.get("std") or default_std
-    net = model.net.to(memory_format=torch.contiguous_format)
+    net = model.eval_net().to(memory_format=torch.contiguous_format)
     return ExportWrapper(net, mean, std, raw_uint8).eval(), model.class_names()
 
 
@@ -107,10 +106,10 @@ def export(
         input: ``uint8`` for raw 0-255 RGB images (normalized inside), ``float`` for normalized images.
     """
     try:
-        wrapper, names = load_for_export(ckpt_path, input == "uint8")
+        ckpt = checkpoints.resolve(ckpt_path, Path("lightning_logs"))
     except checkpoints.CheckpointNotFound as e:
         _fail(str(e))
-    ckpt = checkpoints.resolve(ckpt_path, Path("lightning_logs"))
+    wrapper, names = load_for_export(ckpt, input == "uint8")
     out = Path(output) if output else ckpt.parent / ("model.onnx" if format == "onnx" else "model.pt")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")

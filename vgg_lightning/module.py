@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -47,6 +48,9 @@ class VGGClassifier(L.LightningModule):
         channels_last: NHWC memory format; default: on for CUDA, off on CPU (measured several times slower
             there with BatchNorm).
         compile: ``torch.compile`` the network for training and evaluation.
+        ema_decay: keep an exponential moving average of the weights (and BN statistics) with this decay per
+            step, and validate, test, predict and export with it; 0 turns it off.
+        tta_flip: at evaluation, average the logits of each image and its mirror image.
     """
 
     def __init__(
@@ -67,10 +71,15 @@ class VGGClassifier(L.LightningModule):
         warmup: ClosedUnitInterval = 0.15,
         channels_last: Optional[bool] = None,
         compile: bool = False,
+        ema_decay: ClosedUnitInterval = 0.0,
+        tta_flip: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_model(arch, num_classes, batch_norm, width, head_hidden, dropout)
+        self.ema: Optional[AveragedModel] = None
+        if ema_decay > 0:
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         top5 = min(5, num_classes)
         # Training tracks top-1 only: torchmetrics' top-k path calls one_hot, whose range check syncs the GPU.
         self.train_metrics = self._metrics("train/", num_classes, 1)
@@ -114,13 +123,32 @@ class VGGClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.ema is not None and not self.training:
+            return self.ema(x)
         return self._net()(x)
+
+    def eval_net(self) -> torch.nn.Module:
+        """The network evaluation uses: the EMA copy when ``ema_decay`` is on, else the trained one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation, averaged with the mirrored images' when ``tta_flip`` is on."""
+        logits = self(x)
+        if self.hparams.tta_flip:
+            logits = (logits + self(x.flip(3))) / 2
+        return logits
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
 
     def setup(self, stage: str) -> None:
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
         if self._use_channels_last():
             self.net.to(memory_format=torch.channels_last)
+            if self.ema is not None:
+                self.ema.to(memory_format=torch.channels_last)
 
     # -- steps ------------------------------------------------------------------------------------------------
     # Each step only updates torchmetrics objects on the device; values are logged once per epoch (and the step
@@ -139,7 +167,7 @@ class VGGClassifier(L.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self.predict_logits(x)
         getattr(self, f"{stage}_metrics").update(logits, y)
         getattr(self, f"{stage}_loss").update(F.cross_entropy(logits, y), weight=len(y))
         getattr(self, f"{stage}_confusion").update(logits, y)
@@ -204,7 +232,7 @@ class VGGClassifier(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         x, y = batch
-        probs = self(x).float().softmax(dim=1)
+        probs = self.predict_logits(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
     @torch.no_grad()
@@ -218,7 +246,7 @@ class VGGClassifier(L.LightningModule):
         mean, std = self._saved_normalization or STATS["cifar100" if self.hparams.num_classes == 100 else "cifar10"]
         was_training = self.training
         self.eval()
-        probs = self(normalize(x[None].to(self.device), mean, std)).float().softmax(1)[0]
+        probs = self.predict_logits(normalize(x[None].to(self.device), mean, std)).float().softmax(1)[0]
         self.train(was_training)
         p, i = probs.max(0)
         return self.class_names()[int(i)], float(p)
