@@ -164,3 +164,12 @@ def test_auto_precision_on_cpu():
     if not torch.cuda.is_available():
         assert auto_precision("auto") == "32-true"
     assert auto_precision("cpu") == "32-true"
+
+
+def test_resume_with_another_schedule_length_is_refused(cifar10_dir, workdir, capsys):
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
+    assert main(["fit", *args, "--trainer.callbacks", "tests.helpers.StopAfterEpoch"]) == 0
+    longer = tiny(cifar10_dir, "--trainer.max_epochs", "5", "--trainer.limit_train_batches", "3")
+    assert main(["fit", *longer, "--ckpt_path", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "sized for 6 steps" in err and "this run's for 15" in err and "--trainer.max_epochs" in err

@@ -46,7 +46,8 @@ def test_ema_is_trained_saved_and_used(cifar10_dir, tmp_path, monkeypatch):
 def test_runtime_options_on_the_command_line_beat_the_checkpoint(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "lightning_logs" / "version_0"
-    fit_args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.width", "0.25")
+    fit_args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.width", "0.25",
+                    "--model.tta_flip", "false")  # fmt: skip
     assert main(["fit", *fit_args]) == 0
     # No --model.width here: the architecture comes from the checkpoint; --model.tta_flip from the command line.
     args = [a for a in tiny(cifar10_dir, "--ckpt_path", "last", "--model.tta_flip", "true") if a != "0.125"]
@@ -54,5 +55,5 @@ def test_runtime_options_on_the_command_line_beat_the_checkpoint(cifar10_dir, tm
     assert main(["test", *args]) == 0
     used = (run / "test_config.yaml").read_text()
     assert "tta_flip: true" in used and "width: 0.25" in used
-    assert main(["test", *args[:-2]]) == 0
+    assert main(["test", *args[:-2]]) == 0  # not given: the checkpoint's value
     assert "tta_flip: false" in (run / "test_config.yaml").read_text()

@@ -94,6 +94,8 @@ class VGGClassifier(L.LightningModule):
         self.last_report: dict[str, Any] = {}  # the latest val/test epoch's numbers, for callbacks
         self._saved_class_names: list[str] = []
         self._saved_normalization: Optional[tuple] = None  # (mean, std) of the run's data, from the checkpoint
+        self._total_steps: Optional[int] = None  # optimizer steps the schedule was sized for
+        self._resumed_total_steps: Optional[int] = None
         self._epoch_start = 0.0
         self._epoch_images = 0
         self._first_bad_step: Optional[torch.Tensor] = None
@@ -294,6 +296,15 @@ class VGGClassifier(L.LightningModule):
         if h.schedule == "constant":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        if self._resumed_total_steps not in (None, total):
+            from vgg_lightning.datamodule import ConfigError
+
+            raise ConfigError(
+                f"the checkpoint's {h.schedule} schedule was sized for {self._resumed_total_steps} steps, this run's"
+                f" for {total}: resume with the --trainer.max_epochs, --data.batch_size and --trainer.devices the"
+                " run started with (see its config.yaml)"
+            )
+        self._total_steps = total
         if h.schedule == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=h.lr, total_steps=total, pct_start=max(h.warmup, 1e-3), cycle_momentum=False
@@ -312,6 +323,7 @@ class VGGClassifier(L.LightningModule):
     # -- checkpoints: RNG states make a resumed run draw the same augmentations as an uninterrupted one ---------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_acc"] = self.best_val_acc
+        checkpoint["schedule_total_steps"] = self._total_steps
         checkpoint["class_names"] = self.class_names()
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and hasattr(dm, "mean"):
@@ -326,6 +338,7 @@ class VGGClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
+        self._resumed_total_steps = checkpoint.get("schedule_total_steps")
         self._saved_class_names = list(checkpoint.get("class_names", []))
         self._saved_normalization = checkpoint.get("normalization")
         states = checkpoint.get("rng_states")
