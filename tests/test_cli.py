@@ -173,3 +173,9 @@ def test_resume_with_another_schedule_length_is_refused(cifar10_dir, workdir, ca
     assert main(["fit", *longer, "--ckpt_path", "last"]) == 2
     err = capsys.readouterr().err
     assert "sized for 6 steps" in err and "this run's for 15" in err and "--trainer.max_epochs" in err
+
+
+def test_fit_without_a_logger(cifar10_dir, workdir):
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.logger", "false")
+    assert main(["fit", *args]) == 0
+    assert (workdir / "checkpoints" / "last.ckpt").is_file() and not (workdir / "lightning_logs").exists()

@@ -32,6 +32,23 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RUNTIME_MODEL_OPTIONS = ("tta_flip", "compile", "channels_last")
 
 
+class LearningRateLogger(LearningRateMonitor):
+    """LearningRateMonitor that stays quiet, instead of failing, when the run has no logger (--trainer.logger false)."""
+
+    def on_train_start(self, trainer, *args, **kwargs) -> None:
+        self._off = not trainer.loggers
+        if not self._off:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        if not getattr(self, "_off", False):
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
+        if not getattr(self, "_off", False):
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
 def auto_precision(accelerator: object) -> str:
     """bf16 mixed where the GPU has bf16 (Ampere and newer), fp16 mixed on older GPUs, 32-bit elsewhere."""
     wants_gpu = str(accelerator) in ("auto", "gpu", "cuda")
@@ -53,7 +70,7 @@ class VGGLightningCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
 
     # -- before anything is built: resolve checkpoints, precision and where the run logs --------------------------
