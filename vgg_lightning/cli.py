@@ -65,7 +65,7 @@ class VGGLightningCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": False,  # last.ckpt comes from LAST_CHECKPOINT, every epoch
+                "checkpoint.save_last": False,  # last.ckpt comes from last_checkpoint(), every epoch
                 "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
