@@ -7,7 +7,7 @@
 Both loops train the same network with the same batch size, optimizer (Nesterov SGD, per-step OneCycle),
 precision, memory format and on-device augmentation, from the same in-memory uint8 loader. After ``warmup``
 steps, each times ``steps`` optimizer steps and prints images/s, the share of step time spent waiting for the
-next batch, and peak memory. Runs alternate (plain, Lightning, plain, ...) ``repeats`` times; medians are printed.
+next batch, and peak memory. Each repeat runs both loops, the first of them alternating; medians are printed.
 """
 
 from __future__ import annotations
@@ -240,8 +240,10 @@ def run(
     print(f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; "
           f"channels_last {channels_last}; compile {compile}; {warmup} warm-up + {steps} timed steps x {repeats}")  # fmt: skip
     results: dict[str, list[dict]] = {"plain": [], "lightning": []}
+    loops = [("plain", plain_loop), ("lightning", lightning_fit)]
     for r in range(repeats):
-        for label, fn in (("plain", plain_loop), ("lightning", lightning_fit)):
+        # Alternate which loop goes first, so a machine that speeds up or slows down over time favours neither.
+        for label, fn in loops if r % 2 == 0 else loops[::-1]:
             res = fn(cfg, images, labels, dev)
             results[label].append(res)
             ips = batch_size * steps / res["seconds"]

@@ -1,0 +1,13 @@
+from vgg_lightning.bench import run
+
+
+def test_bench_runs_both_loops_and_reports(cifar10_dir, capsys):
+    summary = run(arch="vgg11", width=0.125, batch_size=8, steps=3, warmup=1, repeats=2, data_dir=str(cifar10_dir))
+    out = capsys.readouterr().out
+    assert "CIFAR-10 files in" in out and "ratio lightning/plain" in out
+    for loop in ("plain", "lightning"):
+        assert summary[loop]["images_per_s"] > 0 and 0 <= summary[loop]["wait_share"] < 1
+    assert summary["ratio"] == summary["lightning"]["images_per_s"] / summary["plain"]["images_per_s"]
+    # the order alternates between repeats
+    runs = [line.split(":")[0].split()[-1] for line in out.splitlines() if line.strip().startswith("run ")]
+    assert runs == ["plain", "lightning", "lightning", "plain"]
