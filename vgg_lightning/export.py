@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from vgg_lightning import checkpoints
-from vgg_lightning.datamodule import STATS
 
 # The check: exported logits must match PyTorch's within this (fp32 on CPU).
 ATOL, RTOL = 1e-4, 1e-4
@@ -43,9 +42,7 @@ def load_for_export(path: Path, raw_uint8: bool) -> tuple[ExportWrapper, list[st
     from vgg_lightning.module import VGGClassifier
 
     model = VGGClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
-    data = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters", {})
-    default_mean, default_std = STATS[data.get("dataset", "cifar10")]
-    mean, std = data.get("mean") or default_mean, data.get("std") or default_std
+    mean, std = model.normalization()
     net = model.eval_net().to(memory_format=torch.contiguous_format)
     return ExportWrapper(net, mean, std, raw_uint8).eval(), model.class_names()
 

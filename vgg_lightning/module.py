@@ -238,15 +238,20 @@ class VGGClassifier(L.LightningModule):
         probs = self.predict_logits(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
+    def normalization(self) -> tuple:
+        """(mean, std) the run normalized its images with: saved in the checkpoint, else the data set's."""
+        from vgg_lightning.datamodule import STATS
+
+        return self._saved_normalization or STATS["cifar100" if self.hparams.num_classes == 100 else "cifar10"]
+
     @torch.no_grad()
     def classify(self, image) -> tuple[str, float]:
         """(class name, probability) for one image file (any size and mode) or a uint8 (3, 32, 32) tensor."""
         from vgg_lightning.augment import normalize
-        from vgg_lightning.datamodule import STATS
         from vgg_lightning.images import load_image
 
         x = image if isinstance(image, torch.Tensor) else load_image(Path(image))
-        mean, std = self._saved_normalization or STATS["cifar100" if self.hparams.num_classes == 100 else "cifar10"]
+        mean, std = self.normalization()
         was_training = self.training
         self.eval()
         probs = self.predict_logits(normalize(x[None].to(self.device), mean, std)).float().softmax(1)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import time
@@ -20,6 +21,17 @@ def seed_lines(labels: torch.Tensor, preds: torch.Tensor, names: list[str], coun
         "GroundTruth: " + " ".join(f"{names[i]:>5s}" for i in labels[:count].tolist()),
         "Predicted:   " + " ".join(f"{names[i]:>5s}" for i in preds[:count].tolist()),
     ]
+
+
+def write_into_run(trainer: L.Trainer, name: str, text: str) -> Path:
+    """Write ``text`` to ``name`` in the run's folder (the working directory without a logger), atomically."""
+    out_dir = Path(trainer.log_dir) if trainer.log_dir else Path(".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    tmp = path.with_name(name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 class PredictionReport(Callback):
@@ -48,18 +60,14 @@ class PredictionReport(Callback):
         top_p, top_i = probs.topk(min(3, probs.shape[1]), dim=1)
         dm = trainer.datamodule
         files = list(getattr(dm, "predict_files", []) or [])
-        out_dir = Path(trainer.log_dir) if trainer.log_dir else Path(".")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_path = out_dir / "predictions.csv"
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path" if files else "index", "predicted", "probability", "top3", *([] if files else ["label"])])
-            for i in range(len(labels)):
-                top3 = ";".join(f"{names[c]}:{p:.4f}" for c, p in zip(top_i[i].tolist(), top_p[i].tolist()))
-                row = [str(files[i]) if files else i, names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3]
-                w.writerow(row if files else [*row, names[labels[i]]])
-        tmp.replace(self.csv_path)
+        table = io.StringIO()
+        w = csv.writer(table)
+        w.writerow(["path" if files else "index", "predicted", "probability", "top3", *([] if files else ["label"])])
+        for i in range(len(labels)):
+            top3 = ";".join(f"{names[c]}:{p:.4f}" for c, p in zip(top_i[i].tolist(), top_p[i].tolist()))
+            row = [str(files[i]) if files else i, names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3]
+            w.writerow(row if files else [*row, names[labels[i]]])
+        self.csv_path = write_into_run(trainer, "predictions.csv", table.getvalue())
         if files:
             self._print_files(files, top_i, top_p, names, getattr(dm, "skipped_files", []))
         else:
@@ -138,10 +146,5 @@ class TestReport(Callback):
         print(format_report(report), flush=True)
         report.pop("stage")
         report["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
-        out_dir = Path(trainer.log_dir) if trainer.log_dir else Path(".")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.json_path = out_dir / "test_metrics.json"
-        tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(self.json_path)
+        self.json_path = write_into_run(trainer, "test_metrics.json", json.dumps(report, indent=2))
         print(f"Test metrics written to {self.json_path}", flush=True)
