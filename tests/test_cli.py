@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vgg_lightning.cli import auto_precision, main
+from vgg_lightning.cli import main
 from vgg_lightning.module import VGGClassifier
 
 
@@ -158,12 +158,6 @@ def test_data_dir_that_is_a_file(workdir):
     (workdir / "afile").write_text("x")
     r = run_cli("fit", "--data.data_dir", "afile", cwd=workdir)
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_auto_precision_on_cpu():
-    if not torch.cuda.is_available():
-        assert auto_precision("auto") == "32-true"
-    assert auto_precision("cpu") == "32-true"
 
 
 def test_resume_with_another_schedule_length_is_refused(cifar10_dir, workdir, capsys):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vgg_lightning.augment import normalize, train_augment
-from vgg_lightning.cli import auto_precision
+from vgg_lightning.precision import auto_precision
 from vgg_lightning.datamodule import STATS, CIFARDataModule, TensorBatchLoader
 from vgg_lightning.models import build_model
 from vgg_lightning.module import VGGClassifier

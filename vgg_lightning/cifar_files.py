@@ -23,10 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class DataError(RuntimeError):
-    """A data file is missing, corrupt or cannot be fetched; the message says which and how to fix it."""
-
+from vgg_lightning.errors import DataError  # noqa: F401  (raised here; importable from here as before)
 
 @dataclass(frozen=True)
 class CifarSpec:

@@ -6,61 +6,62 @@ overrides; ``--print_config`` shows the result.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vgg_lightning import checkpoints
-from vgg_lightning.cifar_files import DataError
-from vgg_lightning.datamodule import CIFARDataModule, ConfigError
-from vgg_lightning.interrupts import InterruptCheckpoint
-from vgg_lightning.module import NonFiniteLossError, VGGClassifier
+from vgg_lightning import checkpoints, precision, quiet
+from vgg_lightning.budget import TimeBudget, parse_duration
+from vgg_lightning.datamodule import CIFARDataModule
+from vgg_lightning.errors import ConfigError, DataError
+from vgg_lightning.module import VGGClassifier
+from vgg_lightning.reliability import InterruptCheckpoint, NonFiniteLossError, NonFiniteLossWatch, RNGStates
 from vgg_lightning.reporting import EpochSummary, PredictionReport, TestReport
 from vgg_lightning.visuals import ValidationVisuals
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EVALUATION = ("validate", "test", "predict")
 # Options that choose how a model runs, not what it is: given on the command line, they win over the values
 # saved in a checkpoint (LightningCLI otherwise restores every model option from --ckpt_path).
-RUNTIME_MODEL_OPTIONS = ("tta_flip", "compile", "channels_last")
+RUNTIME_MODEL_OPTIONS = ("tta_flip", "compile", "channels_last", "fused")
+# Data options an evaluation command takes from the command line only; the rest come from the checkpoint's run
+# (evaluating a model trained on class folders evaluates it on those folders).
+RUNTIME_DATA_OPTIONS = ("predict_path", "batch_size", "num_workers", "download", "data_on_device", "cache_dir")
+# `--ckpt_path untrained`: evaluate freshly initialized weights, on purpose.
+UNTRAINED = "untrained"
+# Where the module's TensorBoard logger writes unless told otherwise (it follows --trainer.default_root_dir).
+DEFAULT_LOGGER = {
+    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+    "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
+}
 
 
-class LearningRateLogger(LearningRateMonitor):
-    """LearningRateMonitor that stays quiet, instead of failing, when the run has no logger (--trainer.logger false)."""
-
-    def on_train_start(self, trainer, *args, **kwargs) -> None:
-        self._off = not trainer.loggers
-        if not self._off:
-            super().on_train_start(trainer, *args, **kwargs)
-
-    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
-        if not getattr(self, "_off", False):
-            super().on_train_batch_start(trainer, *args, **kwargs)
-
-    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
-        if not getattr(self, "_off", False):
-            super().on_train_epoch_start(trainer, *args, **kwargs)
+def _given(raw_args: list[str], key: str) -> bool:
+    """Whether ``--key`` was typed on the command line (``--key value`` or ``--key=value``)."""
+    return any(a == f"--{key}" or a.startswith(f"--{key}=") for a in raw_args)
 
 
-def auto_precision(accelerator: object) -> str:
-    """bf16 mixed where the GPU has bf16 (Ampere and newer), fp16 mixed on older GPUs, 32-bit elsewhere."""
-    wants_gpu = str(accelerator) in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+def last_checkpoint() -> ModelCheckpoint:
+    """``last.ckpt`` after every epoch. (ModelCheckpoint's own save_last, in Lightning 2.6, rewrites it only when
+    the monitored metric improved, so resuming could repeat epochs.)"""
+    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 class VGGLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.link_arguments("data.image_size", "model.image_size")
+        # The best-checkpoint options, instantiated by instantiate_trainer only when checkpointing is on.
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -70,55 +71,133 @@ class VGGLightningCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
 
     # -- before anything is built: resolve checkpoints, precision and where the run logs --------------------------
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        self._raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         if sub is None:
             return
         cfg = self.config[sub]
+        # LightningCLI next restores every model option from --ckpt_path; these typed here must win over it.
+        self.runtime_model_options = {k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")}
+        self._follow_default_root_dir(cfg)
         log_root = self._log_root(cfg)
-        if cfg.get("ckpt_path"):
-            try:
-                ckpt = checkpoints.resolve(str(cfg.ckpt_path), log_root or Path("lightning_logs"))
-            except checkpoints.CheckpointNotFound as e:
-                parser.error(str(e))
-            cfg.ckpt_path = str(ckpt)
-            version = checkpoints.run_version(ckpt, log_root) if log_root else None
-            if version is not None:  # go on logging into the run the checkpoint belongs to
-                cfg.trainer.logger.init_args.version = version
+        self._resolve_ckpt_path(parser, sub, cfg, log_root)
         if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
             cfg.trainer.benchmark = False  # cudnn autotuning picks algorithms by timing: not repeatable
-        if cfg.trainer.get("precision") is None:
-            cfg.trainer.precision = auto_precision(cfg.trainer.get("accelerator", "auto"))
+        accelerator = cfg.trainer.get("accelerator", "auto")
+        self.precision_chosen = cfg.trainer.get("precision") is None
+        if self.precision_chosen:
+            cfg.trainer.precision = precision.auto_precision(accelerator)
         # fit writes config.yaml; the other commands, when logging into a fit run, keep theirs beside it.
         self.save_config_kwargs = {"overwrite": True, "config_filename": "config.yaml" if sub == "fit" else f"{sub}_config.yaml"}
 
-    def _parse_ckpt_path(self) -> None:
-        sub = self.config.get("subcommand")
-        given = [k for k in RUNTIME_MODEL_OPTIONS if any(a.startswith(f"--model.{k}") for a in self._raw_args)]
-        before = {k: self.config[sub].model.get(k) for k in given} if sub else {}
-        super()._parse_ckpt_path()
-        for key, value in before.items():
-            self.config[sub].model[key] = value
+    def _follow_default_root_dir(self, cfg) -> None:
+        """The TensorBoard logger writes under --trainer.default_root_dir unless its own save_dir is given."""
+        root = cfg.trainer.get("default_root_dir")
+        logger = cfg.trainer.get("logger")
+        if root and self._is_tensorboard(logger) and not _given(self.raw_args, "trainer.logger.init_args.save_dir"):
+            if logger.init_args.get("save_dir") in (None, ".", DEFAULT_LOGGER["init_args"]["save_dir"]):
+                logger.init_args.save_dir = str(root)
+
+    def _resolve_ckpt_path(self, parser: LightningArgumentParser, sub: str, cfg, log_root: Optional[Path]) -> None:
+        """``last``/``best`` and the evaluation commands' default (the newest run's best) to a file; say which."""
+        self.ckpt_note = ""
+        given = cfg.get("ckpt_path")
+        defaulted = not given and sub in EVALUATION
+        if given == UNTRAINED:
+            if sub == "fit":
+                parser.error(f"--ckpt_path {UNTRAINED} is for validate, test and predict; fit starts untrained anyway")
+            cfg.ckpt_path = None
+            self.ckpt_note = "weights: freshly initialized, untrained (--ckpt_path untrained)"
+            return
+        if not given and sub in EVALUATION:
+            given = "best"
+            try:
+                ckpt = checkpoints.resolve(given, log_root or Path("lightning_logs"))
+            except checkpoints.CheckpointNotFound:
+                parser.error(
+                    f"{sub} needs trained weights, and no run in '{log_root or 'lightning_logs'}' has a checkpoint yet:"
+                    f" train one with `python -m vgg_lightning fit` first, or pass --ckpt_path FILE"
+                    f" (--ckpt_path {UNTRAINED} evaluates random weights on purpose)"
+                )
+        elif given:
+            try:
+                ckpt = checkpoints.resolve(str(given), log_root or Path("lightning_logs"))
+            except checkpoints.CheckpointNotFound as e:
+                parser.error(str(e))
+        else:
+            return
+        cfg.ckpt_path = str(ckpt)
+        if sub in EVALUATION:
+            self.ckpt_note = f"weights: {ckpt}" + (" (the newest run's best; choose with --ckpt_path)" if defaulted else "")
+        version = checkpoints.run_version(ckpt, log_root) if log_root else None
+        if version is not None:  # go on logging into the run the checkpoint belongs to
+            cfg.trainer.logger.init_args.version = version
 
     @staticmethod
-    def _log_root(cfg) -> Optional[Path]:
+    def _is_tensorboard(logger) -> bool:
+        return bool(logger) and hasattr(logger, "init_args") and "TensorBoardLogger" in str(logger.class_path)
+
+    @classmethod
+    def _log_root(cls, cfg) -> Optional[Path]:
         logger = cfg.trainer.get("logger")
-        if not logger or not hasattr(logger, "init_args") or "TensorBoardLogger" not in str(logger.class_path):
+        if not cls._is_tensorboard(logger):
             return None
         args = logger.init_args
         return Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
 
+    # -- after LightningCLI read the checkpoint's hyperparameters, before anything is built ------------------------
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub is None:
+            return
+        cfg = self.config[sub]
+        for key, value in self.runtime_model_options.items():
+            cfg.model[key] = value
+        if sub in EVALUATION and cfg.get("ckpt_path"):
+            self._data_options_from_checkpoint(cfg)
+        trainer = cfg.trainer
+        if sub == "fit" and trainer.get("max_time") is not None and trainer.get("max_steps", -1) == -1 and not trainer.get("max_epochs"):
+            trainer.max_epochs = -1  # the budget decides
+        quiet.silence_upstream_noise()
+        if self._is_global_zero():
+            print(precision.describe(trainer.get("accelerator", "auto"), str(trainer.precision), self.precision_chosen),
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if self.ckpt_note:
+                print(self.ckpt_note, file=sys.stderr, flush=True)
+        precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))
 
-def last_checkpoint() -> ModelCheckpoint:
-    """``last.ckpt`` after every epoch. (ModelCheckpoint's own save_last, in Lightning 2.6, rewrites it only when
-    the monitored metric improved, so resuming could repeat epochs.)"""
-    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    def _data_options_from_checkpoint(self, cfg) -> None:
+        saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
+        for key, value in (saved or {}).items():
+            if key in cfg.data and key not in RUNTIME_DATA_OPTIONS and not _given(self.raw_args, f"data.{key}"):
+                cfg.data[key] = value
+
+    @staticmethod
+    def _is_global_zero() -> bool:
+        return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+    # -- the project's own callbacks that depend on the options ---------------------------------------------------
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        sub = self.subcommand
+        config = self.config_init[sub] if sub else self.config_init
+        trainer = config["trainer"]
+        own = [PredictionReport(), TestReport(), EpochSummary(), ValidationVisuals(), InterruptCheckpoint(),
+               RNGStates(), NonFiniteLossWatch()]  # fmt: skip
+        if trainer.get("enable_checkpointing") is not False:  # Lightning's switch: our checkpoints step aside
+            own += [ModelCheckpoint(**dict(config["checkpoint"])), last_checkpoint()]
+        if trainer.get("logger"):
+            own.append(LearningRateMonitor(logging_interval="step"))
+        if sub == "fit" and trainer.get("max_time") is not None:
+            from vgg_lightning import STARTED
+
+            own.append(TimeBudget(parse_duration(trainer["max_time"]), started=STARTED))
+            kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
+        return super().instantiate_trainer(**kwargs)
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightningCLI:
@@ -126,25 +205,22 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightnin
     return VGGLightningCLI(
         VGGClassifier,
         CIFARDataModule,
-        trainer_defaults={
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
-            },
-            "callbacks": [
-                PredictionReport(), TestReport(), EpochSummary(), ValidationVisuals(), InterruptCheckpoint(),
-                last_checkpoint(),
-            ],
-        },
+        trainer_defaults={"logger": DEFAULT_LOGGER},
         parser_kwargs={
-            "description": "Train and evaluate VGG on CIFAR with Lightning. Also: `python -m vgg_lightning plot "
-            "RUN...` (curves as PNG) and `python -m vgg_lightning export --ckpt_path ...` (ONNX/TorchScript).",
+            "prog": program_name(),
+            "description": "Train and evaluate VGG on CIFAR or your own class folders with Lightning. Also: "
+            "`plot RUN...` (curves as PNG) and `export --ckpt_path ...` (ONNX/TorchScript).",
             **{sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
         },
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule
         args=args,
         run=run,
     )
+
+
+def program_name() -> str:
+    """What the user typed to get here: ``vgg-lightning`` or ``python -m vgg_lightning``."""
+    return "vgg-lightning" if Path(sys.argv[0]).name == "vgg-lightning" else "python -m vgg_lightning"
 
 
 def main(args: Optional[list[str]] = None) -> int:

@@ -1,42 +1,44 @@
-"""CIFAR-10/100 as a LightningDataModule with a compact, in-memory data path.
+"""CIFAR-10/100 or the user's own class folders as a LightningDataModule with a compact, in-memory data path.
 
-The images stay uint8 tensors (N, 3, 32, 32) for the whole run: a batch is one index into them, moved to the
-training device as 3 KB per image, and augmented there as a whole batch (``on_after_batch_transfer``). On a GPU
-the whole split sits in GPU memory, so there is no host-to-device copy at all.
+The images stay uint8 tensors (N, 3, S, S) for the whole run: a batch is one index into them, moved to the
+training device as 3 KB per 32x32 image, and augmented there as a whole batch (``on_after_batch_transfer``). On a
+GPU the whole split sits in GPU memory, so there is no host-to-device copy at all. Class folders are decoded once
+into a cache (``image_folders``) and then take the same path.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
+from vgg_lightning import image_folders
 from vgg_lightning.augment import normalize, train_augment
-from vgg_lightning.images import load_images
 from vgg_lightning.cifar_files import (
     SPECS,
-    DataError,
     download_and_extract,
     find_root,
     missing_data_message,
     read_batches,
     read_class_names,
 )
+from vgg_lightning.errors import ConfigError, DataError
+from vgg_lightning.images import load_images
 
 # Per-channel statistics of each training set (RGB), as the CIFAR literature uses them.
 STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-class ConfigError(ValueError):
-    """An option's value cannot work; raised before any work starts."""
+DATASETS = (*SPECS, "folder")
+Split = tuple[torch.Tensor, torch.Tensor]
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -103,21 +105,27 @@ class TensorBatchLoader:
 
 
 class CIFARDataModule(L.LightningDataModule):
-    """CIFAR-10 or CIFAR-100 from the official python archive, split into train/val by a seeded permutation.
+    """CIFAR-10/100 from the official python archive, or class folders of the user's images; the training images
+    are split into train/val by a seeded permutation, and the test set is used by ``test`` only.
 
     Args:
-        dataset: ``cifar10`` or ``cifar100``.
-        data_dir: folder holding (or to receive) the extracted archive, e.g. ``data/cifar-10-batches-py/``.
-        download: fetch and verify the official archive when the files are missing.
-        val_size: images of the training files held out for validation (model selection); the official test
-            set is used by ``test`` only.
+        dataset: ``cifar10``, ``cifar100``, or ``folder``: ``data_dir/train/<class>/*`` (required),
+            ``data_dir/val/<class>/*`` and ``data_dir/test/<class>/*`` (optional), any image format PIL reads.
+        data_dir: folder holding (or to receive) the extracted CIFAR archive, or the class folders.
+        download: fetch and verify the official CIFAR archive when the files are missing.
+        val_size: images of the training files held out for validation (model selection); the test set is used
+            by ``test`` only. For ``folder`` with a ``val/`` folder, that folder is the validation set instead.
         split_seed: seed of the train/val split and of the per-epoch shuffling.
         batch_size: images per batch per device (validation and test use the same size).
-        num_workers: loader processes for reading image files in ``predict``; the in-memory CIFAR path needs none.
+        num_workers: processes that decode image files (class folders, ``predict`` files); 0: one per CPU core.
+        image_size: side of the square images the net sees; class-folder images are centre-cropped and resized to
+            it (CIFAR is 32).
+        cache_dir: where decoded class folders are cached; default ``$XDG_CACHE_HOME/vgg_lightning`` or
+            ``~/.cache/vgg_lightning`` (``data_dir`` may be read-only).
         crop_padding: random-crop padding in pixels for training images (0 turns cropping off).
         flip: random horizontal flips for training images.
         cutout: side of the square Cutout erases from each training image (0 turns it off).
-        mean: per-channel mean for normalization; default: the training set's.
+        mean: per-channel mean for normalization; default: the training set's (computed for class folders).
         std: per-channel standard deviation for normalization; default: the training set's.
         data_on_device: on a GPU, keep the whole split in GPU memory (no per-step host-to-device copy).
         archive_url: download from this mirror (http(s):// or file://) instead of the official site.
@@ -127,13 +135,15 @@ class CIFARDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["cifar10", "cifar100"] = "cifar10",
+        dataset: Literal["cifar10", "cifar100", "folder"] = "cifar10",
         data_dir: str = "data",
         download: bool = True,
         val_size: PositiveInt = 5000,
         split_seed: int = 0,
         batch_size: PositiveInt = 256,
         num_workers: NonNegativeInt = 0,
+        image_size: PositiveInt = 32,
+        cache_dir: Optional[str] = None,
         crop_padding: NonNegativeInt = 4,
         flip: bool = True,
         cutout: NonNegativeInt = 0,
@@ -145,35 +155,53 @@ class CIFARDataModule(L.LightningDataModule):
         predict_path: Optional[str] = None,
     ) -> None:
         super().__init__()
-        if dataset not in SPECS:
-            raise ConfigError(f"data.dataset must be one of {', '.join(SPECS)}, got {dataset!r}")
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
         if Path(data_dir).exists() and not Path(data_dir).is_dir():
             raise ConfigError(f"data.data_dir '{data_dir}' is a file; give a folder (it is created if missing)")
         if archive_url and not archive_md5:
             raise ConfigError("data.archive_url needs data.archive_md5: a download is always verified")
         if std is not None and any(s <= 0 for s in std):
             raise ConfigError(f"data.std must be positive, got {std}")
+        if dataset != "folder" and image_size != 32:
+            raise ConfigError(f"data.image_size must be 32 for {dataset} (its images are 32x32), got {image_size}")
+        if image_size < 32:
+            raise ConfigError(f"data.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         self.save_hyperparameters()
-        self.spec = SPECS[dataset]
+        self.is_folder = dataset == "folder"
+        self.spec = None if self.is_folder else SPECS[dataset]
         self.data_dir = Path(data_dir)
-        default_mean, default_std = STATS[dataset]
-        self.mean, self.std = tuple(mean or default_mean), tuple(std or default_std)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else image_folders.default_cache_dir()
+        default_mean, default_std = STATS.get(dataset, (None, None))
+        self.mean: Optional[tuple] = tuple(mean or default_mean) if (mean or default_mean) else None
+        self.std: Optional[tuple] = tuple(std or default_std) if (std or default_std) else None
         self.class_names: list[str] = []
-        self.train_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        self.val_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        self.test_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        self.predict_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.train_set: Optional[Split] = None
+        self.val_set: Optional[Split] = None
+        self.test_set: Optional[Split] = None
+        self.predict_set: Optional[Split] = None
         self.predict_files: list[Path] = []  # the images of predict_set, in order
         self.skipped_files: list[tuple[Path, str]] = []  # unreadable files, and why
+        self._folder_splits_loaded: dict[str, Optional[image_folders.FolderSplit]] = {}
 
     @property
     def num_classes(self) -> int:
-        return self.spec.num_classes
+        if self.spec is not None:
+            return self.spec.num_classes
+        if not self.class_names:
+            self.class_names = image_folders.class_names(self.data_dir)
+        return len(self.class_names)
 
     # -- files ------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Download once per node (Lightning calls this on one process); reading needs no official checksum."""
-        if find_root(self.data_dir, self.spec) is not None or self._predicting_files():
+        """Download CIFAR, or decode and cache class folders: once per node (Lightning calls this on one process)."""
+        if self._predicting_files():
+            return
+        if self.is_folder:
+            for split in self._folder_splits():
+                self._load_folder_split(split, build=True)
+            return
+        if find_root(self.data_dir, self.spec) is not None:
             return
         if not self.hparams.download:
             raise DataError(missing_data_message(self.data_dir, self.spec, "files missing and download is off"))
@@ -182,6 +210,27 @@ class CIFARDataModule(L.LightningDataModule):
     def _predicting_files(self) -> bool:
         trainer = self.trainer
         return self.hparams.predict_path is not None and trainer is not None and trainer.state.fn == "predict"
+
+    def _folder_splits(self) -> list[str]:
+        """The class-folder splits a stage needs: train/ always (classes, normalization), val/ and test/ when there."""
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        wanted = ["train"]
+        if fn in (None, "fit", "validate"):
+            wanted.append("val")
+        if fn in (None, "test", "predict"):
+            wanted.append("test")
+        return [s for s in wanted if (self.data_dir / s).is_dir()]
+
+    def _load_folder_split(self, split: str, build: bool) -> Optional[image_folders.FolderSplit]:
+        """A decoded class-folder split; what prepare_data loaded in this process is not read twice."""
+        if split not in self._folder_splits_loaded:
+            if not self.class_names:
+                self.class_names = image_folders.class_names(self.data_dir)
+            self._folder_splits_loaded[split] = image_folders.load_split(
+                self.data_dir, split, self.class_names, self.hparams.image_size, self.cache_dir,
+                self.hparams.num_workers, build=build,
+            )  # fmt: skip
+        return self._folder_splits_loaded[split]
 
     def _root(self) -> Path:
         root = find_root(self.data_dir, self.spec)
@@ -193,11 +242,23 @@ class CIFARDataModule(L.LightningDataModule):
         from_files = stage == "predict" and self.hparams.predict_path is not None
         if from_files and self.predict_set is None:
             images, self.predict_files, self.skipped_files = load_images(
-                self.hparams.predict_path, self.hparams.num_workers
+                self.hparams.predict_path, self.hparams.num_workers, self.hparams.image_size
             )
             self.predict_set = (images, torch.full((len(images),), -1, dtype=torch.long))
         need_train = stage in (None, "fit", "validate") and self.train_set is None
         need_test = stage in (None, "test", "predict") and self.test_set is None and not from_files
+        if self.is_folder:
+            self._setup_folders(need_train, need_test)
+        else:
+            self._setup_cifar(need_train, need_test, from_files)
+        # Once, on the device the run trains on (a no-op on CPU or when already there).
+        device = self._data_device()
+        for name in ("train_set", "val_set", "test_set", "predict_set"):
+            split = getattr(self, name)
+            if split is not None:
+                setattr(self, name, (split[0].to(device), split[1].to(device)))
+
+    def _setup_cifar(self, need_train: bool, need_test: bool, from_files: bool) -> None:
         # Predicting on image files needs no CIFAR files: the class names then come from the checkpoint.
         if need_train or need_test or (not self.class_names and not from_files):
             root = self._root()
@@ -209,14 +270,52 @@ class CIFARDataModule(L.LightningDataModule):
             self.train_set, self.val_set = self.split(images, labels)
         if need_test:
             self.test_set = read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes)
-        # Once, on the device the run trains on (a no-op on CPU or when already there).
-        device = self._data_device()
-        for name in ("train_set", "val_set", "test_set", "predict_set"):
-            split = getattr(self, name)
-            if split is not None:
-                setattr(self, name, (split[0].to(device), split[1].to(device)))
 
-    def split(self, images: torch.Tensor, labels: torch.Tensor):
+    def _setup_folders(self, need_train: bool, need_test: bool) -> None:
+        if not (need_train or need_test):
+            return  # predicting on files: the checkpoint brings class names and normalization
+        t0 = time.perf_counter()
+        # Each process reads the cache prepare_data wrote (once per node); only where it could not be written
+        # (a read-only cache folder) does each process decode for itself.
+        train = self._load_folder_split("train", build=False)
+        assert train is not None
+        self.mean = self.mean or train.mean
+        self.std = self.std or train.std
+        parts, skipped = [], len(train.skipped)
+        if need_train:
+            val = self._load_folder_split("val", build=False)
+            if val is None:
+                self.train_set, self.val_set = self.split(train.images, train.labels)
+                parts.append(f"{len(self.train_set[1]):,} train + {len(self.val_set[1]):,} val images (split off train/)")
+            else:
+                self.train_set, self.val_set = (train.images, train.labels), (val.images, val.labels)
+                parts.append(f"{len(train.labels):,} train + {len(val.labels):,} val images (val/)")
+                skipped += len(val.skipped)
+        if need_test:
+            test = self._load_folder_split("test", build=False)
+            if test is None:
+                raise DataError(
+                    f"{self.data_dir} has no test/ folder, so there is nothing to test or predict on. Put test "
+                    f"images in {self.data_dir / 'test'}/<class>/, or use `validate`, or `predict "
+                    f"--data.predict_path FILES`.\n{image_folders.LAYOUT}"
+                )
+            self.test_set = (test.images, test.labels)
+            parts.append(f"{len(test.labels):,} test images")
+            skipped += len(test.skipped)
+        self._folder_splits_loaded.clear()  # the splits above hold what they need
+        if self._is_global_zero():
+            size = self.hparams.image_size
+            print(
+                f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
+                + (f", {skipped} unreadable files skipped" if skipped else "")
+                + f" (cache in {self.cache_dir}, {time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+
+    def _is_global_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def split(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[Split, Split]:
         """(train, val) by a permutation seeded with ``split_seed``: disjoint, complete, repeatable."""
         val_size = self.hparams.val_size
         if val_size >= len(labels):
@@ -234,8 +333,16 @@ class CIFARDataModule(L.LightningDataModule):
             return trainer.strategy.root_device
         return torch.device("cpu")
 
+    # -- the normalization travels with checkpoints, so evaluating a checkpoint uses the run's own ---------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std)} if self.mean and self.std else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("mean") and state_dict.get("std"):
+            self.mean, self.std = tuple(state_dict["mean"]), tuple(state_dict["std"])
+
     # -- loaders ----------------------------------------------------------------------------------------------
-    def _loader(self, split: Optional[tuple[torch.Tensor, torch.Tensor]], train: bool) -> TensorBatchLoader:
+    def _loader(self, split: Optional[Split], train: bool) -> TensorBatchLoader:
         assert split is not None, "setup() has not loaded this split"
         bs = self.hparams.batch_size
         return TensorBatchLoader(*split, batch_size=bs, shuffle=train, drop_last=train, seed=self.hparams.split_seed)
@@ -253,9 +360,13 @@ class CIFARDataModule(L.LightningDataModule):
         return self._loader(self.predict_set if self.predict_set is not None else self.test_set, train=False)
 
     # -- on-device transforms ---------------------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+    def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Split:
+        if isinstance(batch, torch.Tensor):  # the model summary's example input, already a float batch
+            return batch
         images, labels = batch
         if images.dtype == torch.uint8:
+            if self.mean is None or self.std is None:
+                raise ConfigError("no normalization known: pass --ckpt_path of a trained run, or --data.mean and --data.std")
             if self.trainer is not None and self.trainer.training:
                 h = self.hparams
                 images = train_augment(images, h.crop_padding, h.flip, h.cutout)

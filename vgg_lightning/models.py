@@ -3,6 +3,9 @@
 ``vgg11/13/16/19`` follow torchvision's configs A, B, D and E; the CIFAR head replaces the 4096-wide ImageNet
 classifier (the feature map is 1x1x512 after five pools of a 32x32 image). ``seed`` is the blog article's
 "VGG-16" exactly as it printed it, kept so users can compare against it.
+
+Both take any image size of 32 or more: an adaptive average pool before the head brings the feature map to the
+size the head was built for (1x1 for VGG, 4x4 for the seed), which is an identity at 32x32.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         self.features = make_layers(cfg, batch_norm, width)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
         channels = [v for v in cfg if v != "M"]
         in_features = max(1, round(int(channels[-1]) * width))
         head: list[nn.Module] = [nn.Flatten()]
@@ -68,7 +72,7 @@ class VGG(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.avgpool(self.features(x)))
 
 
 class SeedNet(nn.Module):
@@ -90,6 +94,7 @@ class SeedNet(nn.Module):
             *stack([(128, 256, 3), (256, 256, 3), (256, 256, 1)], 1),  # conv8-10: 6 -> 8 -> 5
             *stack([(256, 512, 3), (512, 512, 3), (512, 512, 1)], 1),  # conv11-13: 5 -> 7 -> 4
         )
+        self.avgpool = nn.AdaptiveAvgPool2d(4)  # 4x4 already at 32x32
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(512 * 4 * 4, 1024),  # fc14
@@ -102,7 +107,7 @@ class SeedNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.avgpool(self.features(x)))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -1,32 +1,31 @@
-"""The LightningModule: a VGG net, its loss, optimizer, per-step schedule and torchmetrics metrics."""
+"""The LightningModule: a VGG net, its loss, its metrics, its optimizer and per-step schedule.
+
+What keeps runs safe (RNG states, the non-finite loss watch) lives in ``reliability.py``, what the user sees
+(timing, tables, pictures) in ``reporting.py`` and ``visuals.py``, and the time budget in ``budget.py``.
+"""
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from vgg_lightning import schedules
+from vgg_lightning.errors import ConfigError
+from vgg_lightning.metrics import RunningLossAccuracy
 from vgg_lightning.models import build_model
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
+from vgg_lightning.precision import prefers_channels_last
 
 class VGGClassifier(L.LightningModule):
-    """VGG on CIFAR.
+    """VGG on CIFAR or your own class folders.
 
     Args:
         arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``seed`` (the blog article's network).
@@ -35,6 +34,7 @@ class VGGClassifier(L.LightningModule):
         head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
         dropout: dropout before each FC layer of the head.
         num_classes: set from the data module (``data.num_classes``); do not type it.
+        image_size: side of the input images, set from the data module (``data.image_size``); do not type it.
         optimizer: ``sgd`` (with momentum, optionally Nesterov) or ``adamw``.
         lr: peak learning rate of the schedule.
         momentum: SGD momentum (``adamw``: beta1).
@@ -42,11 +42,13 @@ class VGGClassifier(L.LightningModule):
         weight_decay: decoupled for AdamW, L2 for SGD; applied to conv and linear weights only, never to BN
             parameters or biases.
         label_smoothing: cross-entropy label smoothing.
-        schedule: ``onecycle`` (OneCycleLR), ``cosine`` (linear warm-up then cosine to 0) or ``constant``;
-            stepped after every optimizer step and sized by ``trainer.estimated_stepping_batches``.
+        schedule: ``onecycle`` (OneCycleLR's shape), ``cosine`` (linear warm-up then cosine to 0) or
+            ``constant``; stepped after every optimizer step and sized by ``trainer.estimated_stepping_batches``,
+            or by the time budget's plan with ``--trainer.max_time``.
         warmup: fraction of all steps spent warming up (OneCycle's ``pct_start``).
-        channels_last: NHWC memory format; default: on for CUDA, off on CPU (measured several times slower
-            there with BatchNorm).
+        channels_last: NHWC memory format; default: on for CUDA, and on CPUs where it measured faster (all we
+            measured, see ``precision.py``).
+        fused: the optimizer's fused implementation (one kernel for all parameters); default: on for CUDA.
         compile: ``torch.compile`` the network for training and evaluation.
         ema_decay: keep an exponential moving average of the weights (and BN statistics) with this decay per
             step, and validate, test, predict and export with it; 0 turns it off.
@@ -61,6 +63,7 @@ class VGGClassifier(L.LightningModule):
         head_hidden: NonNegativeInt = 0,
         dropout: ClosedUnitInterval = 0.0,
         num_classes: PositiveInt = 10,
+        image_size: PositiveInt = 32,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: PositiveFloat = 0.1,
         momentum: ClosedUnitInterval = 0.9,
@@ -70,39 +73,39 @@ class VGGClassifier(L.LightningModule):
         schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
         warmup: ClosedUnitInterval = 0.15,
         channels_last: Optional[bool] = None,
+        fused: Optional[bool] = None,
         compile: bool = False,
         ema_decay: ClosedUnitInterval = 0.0,
         tta_flip: bool = False,
     ) -> None:
         super().__init__()
+        if image_size < 32:
+            raise ConfigError(f"model.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         self.save_hyperparameters()
         self.net = build_model(arch, num_classes, batch_norm, width, head_hidden, dropout)
         self.ema: Optional[AveragedModel] = None
         if ema_decay > 0:
             self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        # Lets the model summary count FLOPs and show each layer's output size.
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size)
         top5 = min(5, num_classes)
-        # Training tracks top-1 only: torchmetrics' top-k path calls one_hot, whose range check syncs the GPU.
-        self.train_metrics = self._metrics("train/", num_classes, 1)
+        self.train_metrics = RunningLossAccuracy()
         self.val_metrics = self._metrics("val/", num_classes, top5)
         self.test_metrics = self._metrics("test/", num_classes, top5)
-        # nan_strategy="disable": the NaN check reads a flag back from the GPU every step; _watch_loss covers it
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        # nan_strategy="disable": its NaN check reads a flag back from the GPU every step
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         # Per-class views for val and test (the confusion matrix's row sums give per-class accuracy).
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.best_val_acc = 0.0
         self.last_report: dict[str, Any] = {}  # the latest val/test epoch's numbers, for callbacks
+        self.schedule_steps: Optional[int] = None  # set by a time budget's plan; else estimated_stepping_batches
         self._saved_class_names: list[str] = []
         self._saved_normalization: Optional[tuple] = None  # (mean, std) of the run's data, from the checkpoint
-        self._total_steps: Optional[int] = None  # optimizer steps the schedule was sized for
         self._resumed_total_steps: Optional[int] = None
-        self._epoch_start = 0.0
-        self._epoch_images = 0
-        self._first_bad_step: Optional[torch.Tensor] = None
+        self._channels_last = False  # whether setup() put the weights into channels_last
 
-    # validate_args=False: the argument checks read values back from the GPU, a sync in every step. (On an H200
-    # the fit path went from 0.59 to 0.80 of a plain loop's speed once per-step self.log calls and such syncs
-    # were gone from the step.)
+    # validate_args=False: the argument checks read values back from the GPU, a sync in every step.
     @staticmethod
     def _metrics(prefix: str, num_classes: int, top5: int) -> MetricCollection:
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
@@ -113,7 +116,7 @@ class VGGClassifier(L.LightningModule):
     # -- forward ----------------------------------------------------------------------------------------------
     def _use_channels_last(self) -> bool:
         cl = self.hparams.channels_last
-        return self.device.type == "cuda" if cl is None else cl
+        return prefers_channels_last(self.device) if cl is None else cl
 
     def _net(self):
         if not self.hparams.compile:
@@ -124,7 +127,7 @@ class VGGClassifier(L.LightningModule):
         return self.__dict__["_compiled"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_channels_last():
+        if self._channels_last:  # inputs follow the weights' layout
             x = x.contiguous(memory_format=torch.channels_last)
         if self.ema is not None and not self.training:
             return self.ema(x)
@@ -148,22 +151,20 @@ class VGGClassifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
-        if self._use_channels_last():
+        self._channels_last = self._use_channels_last()
+        if self._channels_last:
             self.net.to(memory_format=torch.channels_last)
             if self.ema is not None:
                 self.ema.to(memory_format=torch.channels_last)
 
     # -- steps ------------------------------------------------------------------------------------------------
-    # Each step only updates torchmetrics objects on the device; values are logged once per epoch (and the step
-    # loss every log_every_n_steps). A self.log call costs about 1 ms of Python, as much as a small GPU step.
+    # Each step only adds to metric states on the device; values are logged once per epoch (and the step loss
+    # every log_every_n_steps). A self.log call costs about 1 ms of Python, as much as a small GPU step.
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self._watch_loss(loss)
-        self.train_metrics.update(logits.detach(), y)
-        self.train_loss.update(loss.detach())
-        self._epoch_images += len(y)
+        self.train_metrics.update(logits, y, loss)
         if (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -183,6 +184,8 @@ class VGGClassifier(L.LightningModule):
 
     def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         """The epoch's values of a stage (synced across processes by torchmetrics), e.g. ``val/acc``."""
+        if stage == "train":
+            return {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
         values = dict(getattr(self, f"{stage}_metrics").compute())
         values[f"{stage}/loss"] = getattr(self, f"{stage}_loss").compute()
         return values
@@ -191,9 +194,10 @@ class VGGClassifier(L.LightningModule):
         values = self.epoch_metrics(stage)
         if stage == "train":
             values["train/loss_epoch"] = values.pop("train/loss")
+        else:
+            getattr(self, f"{stage}_loss").reset()
         self.log_dict(values, prog_bar=stage == "val")
         getattr(self, f"{stage}_metrics").reset()
-        getattr(self, f"{stage}_loss").reset()
         return values
 
     def _log_eval_epoch(self, stage: str) -> None:
@@ -222,6 +226,9 @@ class VGGClassifier(L.LightningModule):
         names = names or self._saved_class_names
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
     def on_validation_epoch_end(self) -> None:
         self._log_eval_epoch("val")
 
@@ -238,6 +245,7 @@ class VGGClassifier(L.LightningModule):
         probs = self.predict_logits(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
+    # -- using a trained model --------------------------------------------------------------------------------
     def normalization(self) -> tuple:
         """(mean, std) the run normalized its images with: saved in the checkpoint, else the data set's."""
         from vgg_lightning.datamodule import STATS
@@ -246,11 +254,11 @@ class VGGClassifier(L.LightningModule):
 
     @torch.no_grad()
     def classify(self, image) -> tuple[str, float]:
-        """(class name, probability) for one image file (any size and mode) or a uint8 (3, 32, 32) tensor."""
+        """(class name, probability) for one image file (any size and mode) or a uint8 (3, S, S) tensor."""
         from vgg_lightning.augment import normalize
         from vgg_lightning.images import load_image
 
-        x = image if isinstance(image, torch.Tensor) else load_image(Path(image))
+        x = image if isinstance(image, torch.Tensor) else load_image(Path(image), self.hparams.image_size)
         mean, std = self.normalization()
         was_training = self.training
         self.eval()
@@ -259,105 +267,46 @@ class VGGClassifier(L.LightningModule):
         p, i = probs.max(0)
         return self.class_names()[int(i)], float(p)
 
-    # -- non-finite loss: flagged on the device, checked every few steps (a check per step would stall a GPU) --
-    def _watch_loss(self, loss: torch.Tensor) -> None:
-        if self._first_bad_step is None:
-            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach())
-        step = torch.full_like(self._first_bad_step, self.global_step)
-        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step)
-        if loss.device.type != "cuda" or self.global_step % 32 == 0:
-            self._check_loss()
-
-    def _check_loss(self) -> None:
-        if self._first_bad_step is not None and (step := int(self._first_bad_step)) >= 0:
-            raise NonFiniteLossError(
-                f"the training loss became NaN or infinite at global step {step} (epoch {self.current_epoch})"
-            )
-
-    # -- throughput -------------------------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        self._epoch_start, self._epoch_images = time.perf_counter(), 0
-
-    def on_validation_start(self) -> None:
-        self._check_loss()  # before validation ends and a checkpoint could store bad weights
-
-    def on_train_epoch_end(self) -> None:
-        self._check_loss()
-        self._log_epoch("train")
-        seconds = time.perf_counter() - self._epoch_start
-        self.log("train/epoch_time_s", seconds, sync_dist=True)
-        self.log("train/images_per_s", self._epoch_images * self.trainer.world_size / max(seconds, 1e-9))
-
     # -- optimization -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
         h = self.hparams
         decay = [p for p in self.net.parameters() if p.ndim > 1]  # conv and linear weights
         no_decay = [p for p in self.net.parameters() if p.ndim <= 1]  # BN weights and all biases
         groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda" if h.fused is None else h.fused
         if h.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0)
+            nesterov = h.nesterov and h.momentum > 0
+            opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, fused=fused or None)
         else:
-            opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999))
+            opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
         if h.schedule == "constant":
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self._resumed_total_steps not in (None, total):
-            from vgg_lightning.datamodule import ConfigError
-
+        total = self.schedule_steps or max(1, int(self.trainer.estimated_stepping_batches))
+        if self.schedule_steps is None and self._resumed_total_steps not in (None, total):
             raise ConfigError(
                 f"the checkpoint's {h.schedule} schedule was sized for {self._resumed_total_steps} steps, this run's"
                 f" for {total}: resume with the --trainer.max_epochs, --data.batch_size and --trainer.devices the"
                 " run started with (see its config.yaml)"
             )
-        self._total_steps = total
-        if h.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=h.lr, total_steps=total, pct_start=max(h.warmup, 1e-3), cycle_momentum=False
-            )
-        else:
-            warm = int(h.warmup * total)
-
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = schedules.build(opt, h.schedule, total, h.warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # -- checkpoints: RNG states make a resumed run draw the same augmentations as an uninterrupted one ---------
+    def scheduled_steps(self) -> Optional[int]:
+        """The number of steps the schedule is sized for now (None without a schedule)."""
+        configs = self.trainer.lr_scheduler_configs if self._trainer is not None else []
+        return schedules.total_steps(configs[0].scheduler) if configs else None
+
+    # -- checkpoints: what a trained model needs without its data set -------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_acc"] = self.best_val_acc
-        checkpoint["schedule_total_steps"] = self._total_steps
+        checkpoint["schedule_total_steps"] = self.scheduled_steps()
         checkpoint["class_names"] = self.class_names()
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "mean"):
+        if dm is not None and getattr(dm, "mean", None) and getattr(dm, "std", None):
             checkpoint["normalization"] = (list(dm.mean), list(dm.std))
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # numpy's state as plain types, so the checkpoint still loads with weights_only=True
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
         self._resumed_total_steps = checkpoint.get("schedule_total_steps")
         self._saved_class_names = list(checkpoint.get("class_names", []))
         self._saved_normalization = checkpoint.get("normalization")
-        states = checkpoint.get("rng_states")
-        if not states:
-            return
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        kind, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        random.setstate(states["python"])
-
-
-def _numpy_state_to_plain(state: tuple) -> tuple:
-    kind, keys, pos, has_gauss, cached = state
-    return (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))

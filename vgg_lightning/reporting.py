@@ -92,29 +92,36 @@ class PredictionReport(Callback):
 
 
 class EpochSummary(Callback):
-    """One line per epoch (loss, accuracy, time) when the progress bar is off, e.g. in batch jobs' logs."""
+    """Times each training epoch (logged as ``train/epoch_time_s`` and ``train/images_per_s``) and, when the
+    progress bar is off (batch jobs' logs), prints one line per epoch: loss, accuracy, time."""
 
     def __init__(self) -> None:
         self.start = 0.0
-
-    def _active(self, trainer: L.Trainer) -> bool:
-        return trainer.progress_bar_callback is None and trainer.is_global_zero
+        self.images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.start, self.images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        self.images += len(batch[1])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before the module's own hook logs and resets the training metrics.
-        if not self._active(trainer) or not hasattr(pl_module, "epoch_metrics"):
+        seconds = time.perf_counter() - self.start
+        pl_module.log("train/epoch_time_s", seconds, sync_dist=True)
+        pl_module.log("train/images_per_s", self.images * trainer.world_size / max(seconds, 1e-9))
+        if trainer.progress_bar_callback is not None or not trainer.is_global_zero:
             return
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        train = pl_module.epoch_metrics("train")
-        parts += [f"train loss {float(train['train/loss']):.4f}", f"train acc {float(train['train/acc']):.4f}"]
+        if hasattr(pl_module, "epoch_metrics"):
+            train = pl_module.epoch_metrics("train")
+            parts += [f"train loss {float(train['train/loss']):.4f}", f"train acc {float(train['train/acc']):.4f}"]
         m = trainer.callback_metrics
         for key, label in (("val/loss", "val loss"), ("val/acc", "val acc")):
             if key in m:
                 parts.append(f"{label} {float(m[key]):.4f}")
-        parts.append(f"{time.perf_counter() - self.start:.1f} s")
+        parts.append(f"{seconds:.1f} s")
         print(" | ".join(parts), flush=True)
 
 

@@ -1,0 +1,45 @@
+"""Upstream messages that are not about the user's run, silenced narrowly: by message and origin, each with why.
+
+Everything else (our own warnings, and any other warning from Lightning, torch or torchmetrics) still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(f in message for f in self.fragments)
+
+
+_FILTER = _DropMessages(
+    # An advertisement for a cloud service, printed by every Trainer; nothing about this run.
+    "try installing [litlogger]",
+    # "GPU available: False, used: False", "TPU available: ...", "HPU available: ...": our own first line
+    # says which device and precision the run uses, and why.
+    "available: ",
+    # "Using bfloat16 Automatic Mixed Precision (AMP)": said by our first line too, with the reason.
+    "Automatic Mixed Precision (AMP)",
+    # Lightning explaining how it sizes the schedule; the budget or the epochs say it in the user's terms.
+    "to estimate number of stepping batches",
+)
+
+
+def silence_upstream_noise() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    # Lightning 2.6 still calls torch's deprecated LeafSpec() in its pytree helper; the FutureWarning is about
+    # Lightning's code, which we cannot change, and the call works.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+    # The model summary's size estimate assumes 32 bits for mixed precision, which is exactly the size of the
+    # fp32 master weights that mixed precision keeps: the estimate is right for this project.
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary", category=UserWarning)
