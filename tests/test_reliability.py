@@ -96,18 +96,25 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(cifar10_dir, tmp_path)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert ref.wait(timeout=300) == 0
-    a, b = final_state(ref_dir / "lightning_logs" / "version_0"), final_state(cut_dir / "lightning_logs" / "version_0")
-    assert (a["global_step"], b["global_step"]) == (160, 160)
     # Same weights and optimizer state: epoch, step, optimizer, schedule, data order and augmentation RNG all
     # went on from the checkpoint.
+    same_final_weights(ref_dir, cut_dir)
+
+
+def same_final_weights(ref_dir: Path, cut_dir: Path) -> None:
+    a, b = final_state(ref_dir / "lightning_logs" / "version_0"), final_state(cut_dir / "lightning_logs" / "version_0")
+    assert (a["global_step"], b["global_step"]) == (160, 160)
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
-def test_sigterm_saves_a_resumable_checkpoint(cifar10_dir, tmp_path):
-    proc = run_cli(long_fit_args(cifar10_dir), tmp_path)
-    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cifar10_dir, tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir(), cut_dir.mkdir()
+    ref = run_cli(long_fit_args(cifar10_dir), ref_dir)
+    proc = run_cli(long_fit_args(cifar10_dir), cut_dir)
+    ckpt = cut_dir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     wait_for(ckpt, proc)
     epoch_end_step = torch.load(ckpt, weights_only=True)["global_step"]
     time.sleep(0.5)
@@ -115,12 +122,18 @@ def test_sigterm_saves_a_resumable_checkpoint(cifar10_dir, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "SIGTERM: saved a resumable checkpoint" in err and "--ckpt_path last" in err
-    stopped_at = torch.load(ckpt, weights_only=True)["global_step"]
+    stopped = torch.load(ckpt, weights_only=True)
+    stopped_at = stopped["global_step"]
     assert epoch_end_step < stopped_at < 160  # saved at the interruption, not at the last epoch end
-    resumed = run_cli([*long_fit_args(cifar10_dir), "--ckpt_path", "last"], tmp_path)
+    assert stopped_at % 40 != 0  # mid-epoch (40 steps an epoch)
+    assert stopped["CIFARDataModule"]["train_loader"] == {"epoch": stopped_at // 40, "batches_served": stopped_at % 40}
+    resumed = run_cli([*long_fit_args(cifar10_dir), "--ckpt_path", "last"], cut_dir)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 160
+    assert ref.wait(timeout=300) == 0
+    # The resumed epoch saw the batches the interrupted one had not (the loader is stateful), in the same order
+    # and with the same augmentation draws: the same weights, bit for bit.
+    same_final_weights(ref_dir, cut_dir)
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoints(cifar10_dir, tmp_path, monkeypatch, capsys):

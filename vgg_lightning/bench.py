@@ -17,6 +17,7 @@ import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Iterator, Optional
 
 import lightning as L
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vgg_lightning.augment import normalize, train_augment
-from vgg_lightning.precision import auto_precision
+from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 from vgg_lightning.datamodule import STATS, CIFARDataModule, TensorBatchLoader
 from vgg_lightning.models import build_model
 from vgg_lightning.module import VGGClassifier
@@ -53,6 +54,18 @@ class TimedLoader:
                 return
             self.waits.append(time.perf_counter() - t)
             yield batch
+
+
+def cpu_name() -> str:
+    """The CPU model (as lscpu names it), its vector ISA for this process, bf16 support and threads."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"CPU {model} ({torch.backends.cpu.get_cpu_capability()}, {bf16}, {torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:
@@ -93,7 +106,7 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"], momentum=0.9, nesterov=True,
+        lr=cfg["lr"], momentum=0.9, nesterov=True, fused=cfg["fused"] or None,
     )  # fmt: skip
     total = cfg["warmup"] + cfg["steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, cycle_momentum=False)
@@ -163,7 +176,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     total = cfg["warmup"] + cfg["steps"]
     model = VGGClassifier(
         arch=cfg["arch"], width=cfg["width"], lr=cfg["lr"], label_smoothing=0.0, schedule="onecycle",
-        channels_last=cfg["channels_last"], compile=cfg["compile"],
+        channels_last=cfg["channels_last"], compile=cfg["compile"], fused=cfg["fused"],
     )  # fmt: skip
     data = _BenchData(images, labels, cfg["batch_size"])
     timer = _StepTimer(cfg["warmup"])
@@ -187,10 +200,12 @@ def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple
         labels = torch.randint(0, 10, (n,), generator=g)
         source = f"synthetic uint8 tensors ({n} images)"
     else:
-        dm = CIFARDataModule(data_dir=data_dir, download=False, val_size=1)
+        folder = (Path(data_dir) / "train").is_dir()  # class folders (e.g. ../shared/data/cifar10-jpeg)
+        dm = CIFARDataModule(dataset="folder" if folder else "cifar10", data_dir=data_dir, download=False, val_size=1)
+        dm.prepare_data()
         dm.setup("fit")
         images, labels = dm.train_set
-        source = f"CIFAR-10 files in {data_dir} ({len(labels)} images)"
+        source = f"{'class folders' if folder else 'CIFAR-10 files'} in {data_dir} ({len(labels)} images)"
     if device.type == "cuda":  # as the data module does on a GPU: the whole split in GPU memory
         images, labels = images.to(device), labels.to(device)
     return images, labels, source
@@ -206,6 +221,7 @@ def run(
     precision: Optional[str] = None,
     channels_last: Optional[bool] = None,
     compile: bool = False,
+    fused: Optional[bool] = None,
     lr: float = 0.05,
     data_dir: Optional[str] = None,
     device: str = "auto",
@@ -222,23 +238,25 @@ def run(
         precision: ``32-true``, ``bf16-mixed``, ``16-mixed``; default: as ``fit`` picks it for the device.
         channels_last: NHWC memory format; default: on for CUDA, off on CPU.
         compile: ``torch.compile`` the network in both loops.
+        fused: fused SGD (one kernel for all parameters) in both loops; default: as ``fit`` picks it (on for CUDA).
         lr: peak learning rate (the step time does not depend on it).
         data_dir: a folder with CIFAR-10 python files; default: synthetic images.
         device: ``auto``, ``cpu`` or ``cuda``.
     """
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     precision = precision or auto_precision(dev.type)
-    channels_last = (dev.type == "cuda") if channels_last is None else channels_last
+    channels_last = prefers_channels_last(dev) if channels_last is None else channels_last
+    fused = (dev.type == "cuda") if fused is None else fused
     cfg = dict(arch=arch, width=width, batch_size=batch_size, steps=steps, warmup=warmup, precision=precision,
-               channels_last=channels_last, compile=compile, lr=lr)  # fmt: skip
+               channels_last=channels_last, compile=compile, fused=fused, lr=lr)  # fmt: skip
     images, labels, source = _load_images(data_dir, batch_size * (warmup + steps), dev)
     if len(labels) < batch_size:
         raise SystemExit(f"error: {source} holds fewer images than one batch of {batch_size}")
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     print(f"device: {name}; torch {torch.__version__}, lightning {L.__version__}")
     print(f"data: {source}")
-    print(f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; "
-          f"channels_last {channels_last}; compile {compile}; {warmup} warm-up + {steps} timed steps x {repeats}")  # fmt: skip
+    print(f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; channels_last {channels_last};"
+          f" compile {compile}; fused SGD {fused}; {warmup} warm-up + {steps} timed steps x {repeats}")  # fmt: skip
     results: dict[str, list[dict]] = {"plain": [], "lightning": []}
     loops = [("plain", plain_loop), ("lightning", lightning_fit)]
     for r in range(repeats):

@@ -18,14 +18,16 @@ from datetime import timedelta
 from typing import Any, Callable, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 
 from vgg_lightning import schedules
 
 # Steps timed before the first plan: the first few (allocation, autotuning) are left out.
-SKIP_STEPS, MEASURE_STEPS = 3, 12
+SKIP_STEPS, MEASURE_STEPS = 10, 20
 # Kept free at the end for noise in step times and for the process to exit.
 RESERVE_FRACTION, RESERVE_MIN_S = 0.01, 2.0
+# The plan is refined from the recent step times every this share of the budget (a CPU's speed drifts).
+REPLAN_EVERY = 0.05
 
 
 def parse_duration(value: Any) -> float:
@@ -51,13 +53,14 @@ def plan_steps(
         epoch_ends = math.ceil((done_in_epoch + n) / steps_per_epoch) if n > 0 else 0
         return n * step_s + epoch_ends * epoch_end_s
 
-    n = max(0, int(remaining_s / max(step_s, 1e-9)))
+    # cost() grows with n: the largest n that fits, by bisection
+    low, high = 0, max(0, int(remaining_s / max(step_s, 1e-9)))
     if cap is not None:
-        n = min(n, cap)
-    while n > 0 and cost(n) > remaining_s:
-        # jump by the overshoot, at least one step
-        n -= max(1, int((cost(n) - remaining_s) / max(step_s, 1e-9)))
-    return max(0, n)
+        high = max(0, min(high, cap))
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if cost(mid) <= remaining_s else (low, mid - 1)
+    return low
 
 
 class TimeBudget(Callback):
@@ -70,11 +73,19 @@ class TimeBudget(Callback):
         self.planned_steps: Optional[int] = None
         self.resumed = False
         self._step_times: list[float] = []
+        self._planned_at: Optional[float] = None  # clock reading of the latest plan
+        self._times_at_plan = 0  # len(_step_times) then
         self._last_batch_start: Optional[float] = None
         self._last_batch_end: Optional[float] = None
         self._epoch_end_s: Optional[float] = None
         self._sanity_start = 0.0
         self._sanity_s_per_batch: Optional[float] = None
+        self._user_max_epochs: Optional[int] = None  # the upper bounds given, before plans changed max_epochs
+        self._user_max_steps: Optional[int] = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._user_max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        self._user_max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
 
     # -- measuring ----------------------------------------------------------------------------------------------
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -93,16 +104,21 @@ class TimeBudget(Callback):
             self._epoch_end_s = max(self._epoch_end_s or 0.0, now - self._last_batch_end)
             self._last_batch_start = None
             if not self.resumed:
-                self._plan(trainer, pl_module, now)
+                self._plan(trainer, pl_module, now, at_batch_end=False)
         elif self._last_batch_start is not None:
             self._step_times.append(now - self._last_batch_start)
         self._last_batch_start = now
+        if self.planned_steps is not None and trainer.global_step == self.planned_steps - 1:
+            self._log_final_lr(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         self._last_batch_end = self.clock()
         timed = len(self._step_times) - SKIP_STEPS
         if self.planned_steps is None and timed >= MEASURE_STEPS:
+            self._plan(trainer, pl_module, self._last_batch_end)
+        elif (self._planned_at is not None and not self.resumed and trainer.global_step < self.planned_steps
+              and self._last_batch_end - self._planned_at >= REPLAN_EVERY * self.seconds):  # fmt: skip
             self._plan(trainer, pl_module, self._last_batch_end)
         if self.planned_steps is not None and trainer.global_step >= self.planned_steps:
             trainer.should_stop = True  # Lightning then validates, checkpoints and ends the fit
@@ -115,27 +131,31 @@ class TimeBudget(Callback):
             return self._sanity_s_per_batch * sum(trainer.num_val_batches)
         return 0.0  # no validation to pay for; the first epoch end's real cost refines the plan
 
-    def _plan(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
-        times = self._step_times[SKIP_STEPS:] or self._step_times
+    def _plan(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float, at_batch_end: bool = True) -> None:
+        recent = self._step_times[max(SKIP_STEPS, self._times_at_plan):]
+        times = recent if len(recent) >= MEASURE_STEPS else (self._step_times[SKIP_STEPS:] or self._step_times)
         if not times:
             return
+        self._planned_at, self._times_at_plan = now, len(self._step_times)
         step_s = sum(times) / len(times)
         per_epoch = max(1, int(trainer.num_training_batches))
         remaining = self.seconds - (now - self.started)
         remaining -= max(RESERVE_MIN_S, RESERVE_FRACTION * self.seconds)
-        caps = [trainer.max_epochs * per_epoch if trainer.max_epochs not in (None, -1) else None,
-                trainer.max_steps if trainer.max_steps not in (None, -1) else None]  # fmt: skip
+        caps = [self._user_max_epochs * per_epoch if self._user_max_epochs else None, self._user_max_steps]
         done = trainer.global_step
         cap = min((c - done for c in caps if c is not None), default=None)
-        done_in_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # Steps of this epoch done (every epoch has per_epoch); after its last step its end is still to come.
+        done_in_epoch = (done - 1) % per_epoch + 1 if at_batch_end and done else done % per_epoch
         more = plan_steps(remaining, step_s, self._epoch_end_estimate(trainer), per_epoch, done_in_epoch, cap)
-        first = self.planned_steps is None
-        self.planned_steps = max(done + more, done + 1)
+        first, before = self.planned_steps is None, self.planned_steps or 0
+        # At a step's start that step runs anyway; after it, zero more steps means: stop now.
+        self.planned_steps = done + max(more, 0 if at_batch_end else 1)
         trainer.fit_loop.max_epochs = math.ceil(self.planned_steps / per_epoch)
         pl_module.schedule_steps = self.planned_steps
         for config in trainer.lr_scheduler_configs:
             schedules.resize(config.scheduler, self.planned_steps)
-        if trainer.is_global_zero:
+        changed = abs(self.planned_steps - before) > 0.02 * max(before, 1)
+        if trainer.is_global_zero and (first or (changed and trainer.progress_bar_callback is None)):
             images = getattr(trainer.datamodule, "hparams", {}).get("batch_size", 0) * trainer.world_size
             rate = f" at {images / step_s:,.0f} img/s measured" if images else f" at {step_s:.3f} s a step"
             what = "budget" if first else "budget re-planned"
@@ -145,6 +165,21 @@ class TimeBudget(Callback):
                 f" {_fmt(now - self.started)} used so far",
                 file=sys.stderr, flush=True,
             )  # fmt: skip
+
+    @staticmethod
+    def _log_final_lr(trainer: L.Trainer) -> None:
+        """The last step's learning rate, under LearningRateMonitor's names: the curve ends where it annealed to,
+        whatever log_every_n_steps is."""
+        if not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks):
+            return
+        stats = {}
+        for opt in trainer.optimizers:
+            name = f"lr-{type(opt).__name__}"
+            groups = opt.param_groups
+            for i, group in enumerate(groups):
+                stats[f"{name}/pg{i + 1}" if len(groups) > 1 else name] = group["lr"]
+        for logger in trainer.loggers:
+            logger.log_metrics(stats, step=trainer.global_step)
 
     # -- checkpoints: a resumed run keeps the plan ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

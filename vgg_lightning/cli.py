@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +23,13 @@ from vgg_lightning.budget import TimeBudget, parse_duration
 from vgg_lightning.datamodule import CIFARDataModule
 from vgg_lightning.errors import ConfigError, DataError
 from vgg_lightning.module import VGGClassifier
-from vgg_lightning.reliability import InterruptCheckpoint, NonFiniteLossError, NonFiniteLossWatch, RNGStates
+from vgg_lightning.reliability import (
+    InterruptCheckpoint,
+    LastCheckpoint,
+    NonFiniteLossError,
+    NonFiniteLossWatch,
+    RNGStates,
+)
 from vgg_lightning.reporting import EpochSummary, PredictionReport, TestReport
 from vgg_lightning.visuals import ValidationVisuals
 
@@ -50,23 +57,21 @@ def _given(raw_args: list[str], key: str) -> bool:
     return any(a == f"--{key}" or a.startswith(f"--{key}=") for a in raw_args)
 
 
-def last_checkpoint() -> ModelCheckpoint:
-    """``last.ckpt`` after every epoch. (ModelCheckpoint's own save_last, in Lightning 2.6, rewrites it only when
-    the monitored metric improved, so resuming could repeat epochs.)"""
-    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-
-
 class VGGLightningCLI(LightningCLI):
+    def __init__(self, *args: Any, started: Optional[float] = None, **kwargs: Any) -> None:
+        self.started = time.monotonic() if started is None else started  # where a time budget starts counting
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         # The best-checkpoint options, instantiated by instantiate_trainer only when checkpointing is on.
         parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": False,  # last.ckpt comes from last_checkpoint(), every epoch
+                "checkpoint.save_last": False,  # last.ckpt comes from reliability.LastCheckpoint
                 "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -180,6 +185,11 @@ class VGGLightningCLI(LightningCLI):
     def _is_global_zero() -> bool:
         return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
+    # -- test: the project's table (TestReport) says it all; Lightning's own would repeat the same numbers -------
+    def before_test(self) -> None:
+        if not _given(self.raw_args, "verbose"):
+            self.config_init["test"]["verbose"] = False
+
     # -- the project's own callbacks that depend on the options ---------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         sub = self.subcommand
@@ -188,19 +198,17 @@ class VGGLightningCLI(LightningCLI):
         own = [PredictionReport(), TestReport(), EpochSummary(), ValidationVisuals(), InterruptCheckpoint(),
                RNGStates(), NonFiniteLossWatch()]  # fmt: skip
         if trainer.get("enable_checkpointing") is not False:  # Lightning's switch: our checkpoints step aside
-            own += [ModelCheckpoint(**dict(config["checkpoint"])), last_checkpoint()]
+            own += [ModelCheckpoint(**dict(config["checkpoint"])), LastCheckpoint()]
         if trainer.get("logger"):
             own.append(LearningRateMonitor(logging_interval="step"))
         if sub == "fit" and trainer.get("max_time") is not None:
-            from vgg_lightning import STARTED
-
-            own.append(TimeBudget(parse_duration(trainer["max_time"]), started=STARTED))
+            own.append(TimeBudget(parse_duration(trainer["max_time"]), started=self.started))
             kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
         return super().instantiate_trainer(**kwargs)
 
 
-def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightningCLI:
+def build_cli(args: Optional[list[str]] = None, run: bool = True, started: Optional[float] = None) -> VGGLightningCLI:
     default_files = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
     return VGGLightningCLI(
         VGGClassifier,
@@ -215,6 +223,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> VGGLightnin
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule
         args=args,
         run=run,
+        started=started,
     )
 
 
@@ -223,10 +232,13 @@ def program_name() -> str:
     return "vgg-lightning" if Path(sys.argv[0]).name == "vgg-lightning" else "python -m vgg_lightning"
 
 
-def main(args: Optional[list[str]] = None) -> int:
-    """Run the CLI; bad data or options end with one message and a non-zero status, not a traceback."""
+def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> int:
+    """Run the CLI; bad data or options end with one message and a non-zero status, not a traceback.
+
+    ``started``: when the command started (a ``time.monotonic()`` reading), for ``--trainer.max_time``; default: now.
+    """
     try:
-        build_cli(args)
+        build_cli(args, started=started)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -53,6 +53,9 @@ class TensorBatchLoader:
     Each epoch's order is a permutation seeded by ``(seed, epoch)``, so resumed runs see the same order as
     uninterrupted ones. Under DDP each rank takes every world_size-th index of that permutation: its own shard,
     all shards equally long. Lightning calls ``sampler.set_epoch`` on it before each epoch, as on a DataLoader.
+
+    It is stateful (``state_dict``/``load_state_dict``, which Lightning saves in checkpoints and restores): a run
+    resumed from a mid-epoch checkpoint (Ctrl-C, SIGTERM) goes on with the batches that epoch had not yet seen.
     """
 
     def __init__(
@@ -69,9 +72,17 @@ class TensorBatchLoader:
         self.epoch = 0
         self.sampler = self  # where Lightning looks for set_epoch
         self.batch_sampler = None  # no torch sampler inside: Lightning leaves this loader as it is
+        self.batches_served = 0  # of the current epoch's iteration
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches already served) from a checkpoint
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_served": self.batches_served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_served"]))
 
     def _shard_size(self) -> int:
         _, world = _rank_and_world()
@@ -99,8 +110,14 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.indices()
-        for i in range(len(self)):
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]  # the same permutation, from where the interrupted run stopped
+        self._resume = None
+        self.batches_served = start
+        for i in range(start, len(self)):
             sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
+            self.batches_served = i + 1
             yield self.images[sel], self.labels[sel]
 
 
@@ -183,6 +200,12 @@ class CIFARDataModule(L.LightningDataModule):
         self.predict_files: list[Path] = []  # the images of predict_set, in order
         self.skipped_files: list[tuple[Path, str]] = []  # unreadable files, and why
         self._folder_splits_loaded: dict[str, Optional[image_folders.FolderSplit]] = {}
+        self._train_loader: Optional[TensorBatchLoader] = None
+        self._train_loader_state: Optional[dict[str, int]] = None  # from a checkpoint, for the next train loader
+
+    @property
+    def image_size(self) -> int:
+        return self.hparams.image_size
 
     @property
     def num_classes(self) -> int:
@@ -333,13 +356,20 @@ class CIFARDataModule(L.LightningDataModule):
             return trainer.strategy.root_device
         return torch.device("cpu")
 
-    # -- the normalization travels with checkpoints, so evaluating a checkpoint uses the run's own ---------------
+    # -- checkpoints carry the normalization (evaluating a checkpoint uses the run's own) and the training loader's
+    # position (a run resumed mid-epoch goes on with the batches that epoch had not seen). Lightning 2.6 saves
+    # stateful loaders too, but restores them only if the loader is built after the restore, and sizing the
+    # schedule (estimated_stepping_batches) builds it before; the data module's state is restored in time.
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std)} if self.mean and self.std else {}
+        state: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std)} if self.mean and self.std else {}
+        if self._train_loader is not None:
+            state["train_loader"] = self._train_loader.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("mean") and state_dict.get("std"):
             self.mean, self.std = tuple(state_dict["mean"]), tuple(state_dict["std"])
+        self._train_loader_state = state_dict.get("train_loader")
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, split: Optional[Split], train: bool) -> TensorBatchLoader:
@@ -348,7 +378,11 @@ class CIFARDataModule(L.LightningDataModule):
         return TensorBatchLoader(*split, batch_size=bs, shuffle=train, drop_last=train, seed=self.hparams.split_seed)
 
     def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader(self.train_set, train=True)
+        self._train_loader = self._loader(self.train_set, train=True)
+        if self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.val_set, train=False)

@@ -1,8 +1,9 @@
 """``python -m vgg_lightning export``: a checkpoint as ONNX or TorchScript, checked against PyTorch.
 
 The exported model maps images to class logits (apply softmax for probabilities). With ``--input uint8`` it
-takes raw ``uint8`` images (N, 3, 32, 32), RGB, 0-255, and normalizes them itself; with ``--input float`` it
-takes images already normalized as in training: ``(x / 255 - mean) / std`` with the run's mean and std.
+takes raw ``uint8`` images (N, 3, S, S), RGB, 0-255 (S: the run's image size, 32 for CIFAR), and normalizes them
+itself; with ``--input float`` it takes images already normalized as in training: ``(x / 255 - mean) / std``
+with the run's mean and std.
 """
 
 from __future__ import annotations
@@ -38,20 +39,21 @@ def _fail(message: str) -> None:
     raise SystemExit(1)
 
 
-def load_for_export(path: Path, raw_uint8: bool) -> tuple[ExportWrapper, list[str]]:
+def load_for_export(path: Path, raw_uint8: bool) -> tuple[ExportWrapper, list[str], int]:
+    """(the wrapped network, class names, image size) of a checkpoint."""
     from vgg_lightning.module import VGGClassifier
 
     model = VGGClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     mean, std = model.normalization()
     net = model.eval_net().to(memory_format=torch.contiguous_format)
-    return ExportWrapper(net, mean, std, raw_uint8).eval(), model.class_names()
+    return ExportWrapper(net, mean, std, raw_uint8).eval(), model.class_names(), int(model.hparams.image_size)
 
 
-def example_batch(raw_uint8: bool, n: int = 8) -> torch.Tensor:
+def example_batch(raw_uint8: bool, n: int = 8, size: int = 32) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     if raw_uint8:
-        return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return torch.randn(n, 3, 32, 32, generator=g)
+        return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return torch.randn(n, 3, size, size, generator=g)
 
 
 def export_torchscript(wrapper: ExportWrapper, example: torch.Tensor, out: Path):
@@ -106,16 +108,16 @@ def export(
         ckpt = checkpoints.resolve(ckpt_path, Path("lightning_logs"))
     except checkpoints.CheckpointNotFound as e:
         _fail(str(e))
-    wrapper, names = load_for_export(ckpt, input == "uint8")
+    wrapper, names, size = load_for_export(ckpt, input == "uint8")
     out = Path(output) if output else ckpt.parent / ("model.onnx" if format == "onnx" else "model.pt")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    example = example_batch(input == "uint8")
+    example = example_batch(input == "uint8", size=size)
     try:
         run = (export_onnx if format == "onnx" else export_torchscript)(wrapper, example, tmp)
         # Two batch sizes: the second checks that the batch dimension really is free.
         diff = 0.0
-        for batch in (example, example_batch(input == "uint8", n=3)):
+        for batch in (example, example_batch(input == "uint8", n=3, size=size)):
             with torch.no_grad():
                 expected = wrapper(batch)
             got = run(batch)
@@ -128,7 +130,8 @@ def export(
         raise
     tmp.replace(out)
     print(f"Exported {ckpt} as {format} to {out}")
-    print(f"  input: {'uint8 (N, 3, 32, 32), RGB 0-255' if input == 'uint8' else 'float (N, 3, 32, 32), normalized'}; "
+    shape = f"(N, 3, {size}, {size})"
+    print(f"  input: {f'uint8 {shape}, RGB 0-255' if input == 'uint8' else f'float {shape}, normalized'}; "
           f"output: logits (N, {len(names)}); classes: {', '.join(names)}")  # fmt: skip
     print(f"  checked on batches of {len(example)} and 3 images: max |logit difference| {diff:.2e}"
           f" (tolerance atol {ATOL}, rtol {RTOL})")  # fmt: skip

@@ -1,4 +1,4 @@
-"""What keeps a run safe to stop, resume and trust: interrupts, RNG states and the non-finite loss watch.
+"""What keeps a run safe to stop, resume and trust: last.ckpt, interrupts, RNG states, the non-finite loss watch.
 
 - Ctrl-C and SIGTERM during ``fit`` leave a resumable ``last.ckpt`` behind. Lightning turns SIGTERM into an
   exception after the current step and Ctrl-C into KeyboardInterrupt; both pass through ``on_exception``. Other
@@ -13,18 +13,46 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vgg_lightning.pacing import Pace
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, for resuming: rewritten after an epoch when its write time is at most 5% of the time since
+    the previous write (every epoch on a CPU; every few seconds when GPU epochs take under a second), and always
+    after the last. Ctrl-C and SIGTERM save one at the current step (InterruptCheckpoint). (ModelCheckpoint's own
+    save_last, in Lightning 2.6, rewrites it only when the monitored metric improved, so resuming could repeat
+    epochs.)"""
+
+    def __init__(self, share: float = 0.05) -> None:
+        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+        self.pace = Pace(share)
+
+    def _paced(self, hook, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self.pace.due(trainer):
+            return
+        t0 = time.perf_counter()
+        hook(trainer, pl_module)
+        self.pace.ran(time.perf_counter() - t0)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paced(super().on_validation_end, trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paced(super().on_train_epoch_end, trainer, pl_module)
 
 
 class InterruptCheckpoint(Callback):

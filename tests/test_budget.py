@@ -1,0 +1,128 @@
+"""--trainer.max_time as a planned budget: the planner on a fake clock, and one short real run."""
+
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from vgg_lightning import schedules
+from vgg_lightning.budget import TimeBudget, parse_duration, plan_steps
+from vgg_lightning.cli import main
+from vgg_lightning.datamodule import CIFARDataModule
+from vgg_lightning.module import VGGClassifier
+from vgg_lightning.runlog import read_scalars
+
+from .test_cli import tiny
+
+
+def test_onecycle_shape_is_torchs_onecycle():
+    model = torch.nn.Linear(2, 2)
+    ours = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(model.parameters(), lr=0.1), schedules.OneCycle(100, 0.15))
+    ref_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.1, total_steps=100, pct_start=0.15, cycle_momentum=False)
+    for _ in range(100):
+        assert ours.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], rel=1e-9, abs=1e-12)
+        ours.optimizer.step(), ours.step(), ref_opt.step(), ref.step()
+
+
+def test_resized_schedules_end_at_their_final_value():
+    for kind, final in (("onecycle", 0.1 / 25 / 1e4), ("cosine", 0.0)):
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        sched = schedules.build(opt, kind, 1000, 0.2)
+        for _ in range(30):
+            opt.step(), sched.step()
+        schedules.resize(sched, 80)  # a plan made at step 30
+        for _ in range(49):
+            opt.step(), sched.step()
+        assert sched.get_last_lr()[0] == pytest.approx(final, abs=1e-12)  # the lr of step 79, the last
+        assert schedules.total_steps(sched) == 80
+
+
+def test_parse_duration():
+    assert parse_duration("00:00:15:00") == 900 and parse_duration({"minutes": 2}) == 120
+    assert parse_duration("01:02:03:04") == 86400 + 2 * 3600 + 3 * 60 + 4
+
+
+def test_plan_counts_every_epoch_end():
+    # 100 s left, 1 s a step, 10 steps an epoch, 5 s per epoch end: 60 steps (6 ends) is 90 s; 66 would be 101 s
+    assert plan_steps(100, 1.0, 5.0, 10, 0) == 65  # 65 steps + 7 epoch ends = 100 s
+    assert plan_steps(100, 1.0, 0.0, 10, 0) == 100
+    assert plan_steps(100, 1.0, 5.0, 10, 0, cap=30) == 30  # max_epochs / max_steps stay upper bounds
+    assert plan_steps(100, 1.0, 5.0, 10, 8) == 62  # 2 steps left in this epoch: 62 steps end 7 epochs
+    assert plan_steps(3, 1.0, 5.0, 10, 0) == 0
+
+
+class FakeClock(L.Callback):
+    """Every training step takes 1 s and every validation 5 s, on a clock the budget reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_train_batch_end(self, *args) -> None:
+        self.now += 1.0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.now += 5.0
+
+
+def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_after=None):
+    torch.manual_seed(0)
+    clock = FakeClock()
+    budget = TimeBudget(seconds, started=0.0, clock=clock)
+    model = VGGClassifier(arch="vgg11", width=0.125, lr=0.05, schedule="onecycle", warmup=0.2)
+    data = CIFARDataModule(data_dir=str(data_dir), download=False, val_size=40, batch_size=16)  # 10 steps an epoch
+    callbacks = [clock, budget, L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True)]
+    if stop_after is not None:
+        from .helpers import StopAfterEpoch
+
+        callbacks.append(StopAfterEpoch(stop_after))
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=100, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return trainer, budget, clock
+
+
+def test_budget_plans_steps_and_schedule_on_a_fake_clock(cifar10_dir, tmp_path):
+    trainer, budget, clock = budget_fit(cifar10_dir, tmp_path, 200.0)
+    # 200 s less a 2 s reserve, 1 s a step, 5 s an epoch end, 10 steps an epoch: planned when epoch 1 starts,
+    # 15 s in (too few steps before to plan); every later re-plan agrees.
+    assert budget.planned_steps == trainer.global_step
+    assert budget.planned_steps == 10 + plan_steps(200 - 2 - 15, 1.0, 5.0, 10, 0) == 130
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert schedules.total_steps(sched) == budget.planned_steps
+    assert sched.get_last_lr()[0] == pytest.approx(0.05 / 25 / 1e4)  # ended annealed
+    assert 0.97 * 200 <= clock.now <= 200  # within the budget, final validation included: 130 + 13 x 5 s
+    assert trainer.max_epochs == -(-budget.planned_steps // 10)
+
+
+def test_resume_keeps_the_plan(cifar10_dir, tmp_path):
+    first, budget, _ = budget_fit(cifar10_dir, tmp_path, 200.0, stop_after=4)
+    planned = budget.planned_steps
+    assert first.global_step == 50 < planned
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"]["TimeBudget"]["planned_steps"] == planned
+    # Resumed with another budget: the plan it started with stands (schedule and steps).
+    second, budget2, _ = budget_fit(cifar10_dir, tmp_path, 50.0, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert budget2.planned_steps == planned == second.global_step
+    assert schedules.total_steps(second.lr_scheduler_configs[0].scheduler) == planned
+
+
+def test_a_real_short_budget_ends_in_time_and_annealed(cifar10_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    args = tiny(cifar10_dir, "--trainer.max_time", "00:00:00:40", "--trainer.max_epochs", "1000", "--model.lr", "0.05")
+    assert main(["fit", *args], started=started) == 0
+    took = time.monotonic() - started
+    assert 0.9 * 40 <= took <= 1.03 * 40, took
+    assert "budget 40.0 s: " in capsys.readouterr().err
+    lr = read_scalars(tmp_path / "lightning_logs" / "version_0")["lr-SGD/pg1"]
+    ckpt = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert lr[-1][0] == ckpt["global_step"] - 1  # the last step's learning rate is logged ...
+    assert lr[-1][1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-3)  # ... and is the schedule's final value

@@ -1,0 +1,102 @@
+"""What a Lightning user sees and expects: the first screen, where runs go, which weights are evaluated."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vgg_lightning.cli import main
+from vgg_lightning.module import VGGClassifier
+
+from .test_cli import tiny
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_first_screen_is_the_users_run(cifar10_dir, tmp_path):
+    args = [a for a in tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")]
+    args[args.index("--trainer.enable_model_summary") + 1] = "true"
+    r = run_cli("fit", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    screen = r.stdout + r.stderr
+    for noise in ("litlogger", "LeafSpec", "is not supported by the model summary", "GPU available", "TPU available"):
+        assert noise not in screen, noise
+    assert screen.count("bf16 instructions") == 1  # one line for the device and precision chosen, with why
+    summary = next(line for line in screen.splitlines() if line.startswith("0 | net"))
+    assert " 0 " not in summary.split("|")[4]  # the FLOPs column is filled in
+
+
+def test_vgg16_summary_counts_its_flops():
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    summary = ModelSummary(VGGClassifier(arch="vgg16"), max_depth=1)
+    assert summary.total_flops == pytest.approx(2 * 0.314e9, rel=0.03)  # 0.31 GMAC for one 32x32 image
+
+
+def test_help_names_the_command(tmp_path):
+    r = run_cli("--help", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m vgg_lightning")
+
+
+def test_default_root_dir_moves_runs(cifar10_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                "--trainer.default_root_dir", "runs")  # fmt: skip
+    assert main(["fit", *args]) == 0
+    assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "lightning_logs").exists()
+    capsys.readouterr()
+    assert main(["test", *tiny(cifar10_dir, "--trainer.default_root_dir", "runs")]) == 0  # best found there
+    assert "runs/lightning_logs/version_0/checkpoints/epoch000" in capsys.readouterr().err
+
+
+def test_evaluation_defaults_to_the_newest_best_and_says_so(cifar10_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:  # no run yet: one message, no random-weight table
+        main(["test", *tiny(cifar10_dir)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "train one with `python -m vgg_lightning fit` first" in err and "--ckpt_path" in err
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")]) == 0
+    capsys.readouterr()
+    for command in ("test", "validate", "predict"):
+        assert main([command, *tiny(cifar10_dir)]) == 0
+        err = capsys.readouterr().err
+        assert "weights: lightning_logs/version_0/checkpoints/epoch000-val_acc" in err and "newest run's best" in err
+    assert main(["test", *tiny(cifar10_dir, "--ckpt_path", "untrained")]) == 0  # on purpose only
+    assert "weights: freshly initialized, untrained" in capsys.readouterr().err
+
+
+def test_checkpointing_off_is_respected(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                "--trainer.enable_checkpointing", "false")  # fmt: skip
+    assert main(["fit", *args]) == 0
+    assert (tmp_path / "lightning_logs" / "version_0").is_dir()
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_loader_state_resumes_mid_epoch():
+    from vgg_lightning.datamodule import TensorBatchLoader
+
+    images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.arange(100)
+    full = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=1)
+    full.set_epoch(3)
+    order = [y for _, y in full]
+    cut = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=1)
+    cut.set_epoch(3)
+    it = iter(cut)
+    seen = [next(it)[1] for _ in range(4)]
+    state = cut.state_dict()
+    assert state == {"epoch": 3, "batches_served": 4}
+    resumed = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=1)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)
+    rest = [y for _, y in resumed]
+    assert all(torch.equal(a, b) for a, b in zip(seen + rest, order)) and len(seen + rest) == 10
+    assert len([y for _, y in resumed]) == 10  # the next iteration is a whole epoch again

@@ -1,0 +1,41 @@
+"""Per-epoch extras with a fixed cost (TensorBoard figures, rewriting last.ckpt), paced by the epoch's speed.
+
+On a CPU an epoch takes a minute and drawing the figures 0.2-0.7 s, so they come every epoch; on a fast GPU an
+epoch takes half a second, and the same figures every epoch would cost as much as training. So each extra runs
+when its own measured cost is at most ``share`` of the time since it last ran, and always at the end of training:
+the same rule gives "every epoch" on a CPU and "every few seconds" on a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+
+def is_last_validation(trainer: L.Trainer) -> bool:
+    """Whether this validation ends the fit (or is a validate command): the one that must always get its extras."""
+    if not trainer.training and trainer.state.fn != "fit":
+        return True
+    if trainer.should_stop:  # a time budget's last step, early stopping, Ctrl-C
+        return True
+    if trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs:
+        return True
+    return trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+
+
+class Pace:
+    """Decides whether an extra is due; ``ran(seconds)`` records what it cost."""
+
+    def __init__(self, share: float = 0.05) -> None:
+        self.share = share
+        self.cost = 0.0  # seconds the extra took last time (0: not measured yet, so it runs)
+        self.total = 0.0  # seconds it took in all
+        self.last = time.perf_counter()
+
+    def due(self, trainer: L.Trainer) -> bool:
+        return is_last_validation(trainer) or self.cost <= self.share * (time.perf_counter() - self.last)
+
+    def ran(self, seconds: float) -> None:
+        self.cost, self.last = seconds, time.perf_counter()
+        self.total += seconds
