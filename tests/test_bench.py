@@ -11,3 +11,19 @@ def test_bench_runs_both_loops_and_reports(cifar10_dir, capsys):
     # the order alternates between repeats
     runs = [line.split(":")[0].split()[-1] for line in out.splitlines() if line.strip().startswith("run ")]
     assert runs == ["plain", "lightning", "lightning", "plain"]
+
+
+def test_gpu_report_commands_parse(tmp_path):
+    """The prepared GPU run is only run where a GPU is lent; here its commands must at least be valid."""
+    import subprocess
+    import sys
+
+    from vgg_lightning.gpu_report import runs
+
+    commands = runs(str(tmp_path))
+    assert set(commands) == {"bench_fused", "bench_unfused", "fit_fast", "fit_default", "fit_seed"}
+    for name in ("fit_fast", "fit_seed"):
+        r = subprocess.run([sys.executable, *commands[name], "--print_config"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "dataset: folder" in r.stdout and "vgg_lightning.timing.PhaseTimer" in r.stdout

@@ -42,7 +42,7 @@ EVALUATION = ("validate", "test", "predict")
 RUNTIME_MODEL_OPTIONS = ("tta_flip", "compile", "channels_last", "fused")
 # Data options an evaluation command takes from the command line only; the rest come from the checkpoint's run
 # (evaluating a model trained on class folders evaluates it on those folders).
-RUNTIME_DATA_OPTIONS = ("predict_path", "batch_size", "num_workers", "download", "data_on_device", "cache_dir")
+RUNTIME_DATA_OPTIONS = ("predict_path", "batch_size", "num_workers", "download", "data_on_device")
 # `--ckpt_path untrained`: evaluate freshly initialized weights, on purpose.
 UNTRAINED = "untrained"
 # Where the module's TensorBoard logger writes unless told otherwise (it follows --trainer.default_root_dir).
