@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import urllib.error
-from pathlib import Path
 
 import pytest
 import torch

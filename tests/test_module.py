@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from vgg_lightning.cli import main

@@ -169,8 +169,9 @@ class VGGLightningCLI(LightningCLI):
             trainer.max_epochs = -1  # the budget decides
         quiet.silence_upstream_noise()
         if self._is_global_zero():
-            print(precision.describe(trainer.get("accelerator", "auto"), str(trainer.precision), self.precision_chosen),
-                  file=sys.stderr, flush=True)  # fmt: skip
+            line = precision.describe(trainer.get("accelerator", "auto"), str(trainer.precision), self.precision_chosen,
+                                      cfg.model.get("channels_last"))  # fmt: skip
+            print(line, file=sys.stderr, flush=True)
             if self.ckpt_note:
                 print(self.ckpt_note, file=sys.stderr, flush=True)
         precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))

@@ -26,7 +26,6 @@ from vgg_lightning.errors import DataError
 from vgg_lightning.images import decode_files, image_extensions
 
 CACHE_VERSION = 1
-SPLITS = ("train", "val", "test")
 LAYOUT = (
     "  Expected layout:\n"
     "    DIR/train/<class name>/<image files>   (required; class names are the folder names)\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -32,9 +32,14 @@ def cpu_bf16_name() -> str:
     return "AMX" if torch.cpu._is_amx_tile_supported() else "AVX512_BF16"
 
 
+def on_gpu(accelerator: object) -> bool:
+    """Whether a run with this ``trainer.accelerator`` trains on a CUDA GPU."""
+    return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def auto_precision(accelerator: object) -> str:
     """bf16 mixed where the GPU or CPU does bf16 natively, fp16 mixed on older GPUs, 32-bit elsewhere."""
-    if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
@@ -45,12 +50,14 @@ def prefers_channels_last(device: Union[torch.device, str]) -> bool:
     return torch.device(device).type in ("cuda", "cpu")
 
 
-def describe(accelerator: object, precision: str, chosen: bool) -> str:
+def describe(accelerator: object, precision: str, chosen: bool, channels_last: Optional[bool] = None) -> str:
     """One line: where the run goes, with which precision and memory format, and why when we chose it."""
-    on_gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    layout = "channels_last" if prefers_channels_last("cuda" if on_gpu else "cpu") else "NCHW"
+    gpu = on_gpu(accelerator)
+    if channels_last is None:
+        channels_last = prefers_channels_last("cuda" if gpu else "cpu")
+    layout = "channels_last" if channels_last else "NCHW"
     how = "" if chosen else " (as asked)"
-    if on_gpu:
+    if gpu:
         name = torch.cuda.get_device_name()
         bf16 = "with bf16" if torch.cuda.is_bf16_supported() else "without bf16"
         return f"GPU {name} {bf16}: {precision}{how}, {layout}"
@@ -64,8 +71,7 @@ def describe(accelerator: object, precision: str, chosen: bool) -> str:
 
 def warn_if_slow(accelerator: object, precision: str) -> None:
     """An explicit bf16 on a CPU that emulates it still runs, with a warning that it will be slow."""
-    on_gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not on_gpu and str(precision).startswith("bf16") and not cpu_has_native_bf16():
+    if not on_gpu(accelerator) and str(precision).startswith("bf16") and not cpu_has_native_bf16():
         warnings.warn(
             f"--trainer.precision {precision} on a CPU without bf16 instructions ({cpu_capability()}): oneDNN emulates"
             " bf16 there, measured 15x slower than 32-true. Leave trainer.precision unset to get 32-true.",
