@@ -36,7 +36,8 @@ def latest_with(log_root: Path, name: str = "last.ckpt") -> Optional[Path]:
 
 def best_of_run(last_ckpt: Path) -> Optional[Path]:
     """The best checkpoint a run recorded (ModelCheckpoint's state inside its ``last.ckpt``)."""
-    state = torch.load(last_ckpt, map_location="cpu", weights_only=True).get("callbacks", {})
+    # mmap: only the callbacks' small state is read, not the weights
+    state = torch.load(last_ckpt, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
     for key, value in state.items():
         if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
             best = Path(value["best_model_path"])

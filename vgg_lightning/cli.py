@@ -104,37 +104,31 @@ class VGGLightningCLI(LightningCLI):
         root = cfg.trainer.get("default_root_dir")
         logger = cfg.trainer.get("logger")
         if root and self._is_tensorboard(logger) and not _given(self.raw_args, "trainer.logger.init_args.save_dir"):
-            if logger.init_args.get("save_dir") in (None, ".", DEFAULT_LOGGER["init_args"]["save_dir"]):
+            if logger.init_args.get("save_dir") in (None, DEFAULT_LOGGER["init_args"]["save_dir"]):
                 logger.init_args.save_dir = str(root)
 
     def _resolve_ckpt_path(self, parser: LightningArgumentParser, sub: str, cfg, log_root: Optional[Path]) -> None:
         """``last``/``best`` and the evaluation commands' default (the newest run's best) to a file; say which."""
         self.ckpt_note = ""
         given = cfg.get("ckpt_path")
-        defaulted = not given and sub in EVALUATION
         if given == UNTRAINED:
             if sub == "fit":
                 parser.error(f"--ckpt_path {UNTRAINED} is for validate, test and predict; fit starts untrained anyway")
             cfg.ckpt_path = None
             self.ckpt_note = "weights: freshly initialized, untrained (--ckpt_path untrained)"
             return
-        if not given and sub in EVALUATION:
-            given = "best"
-            try:
-                ckpt = checkpoints.resolve(given, log_root or Path("lightning_logs"))
-            except checkpoints.CheckpointNotFound:
-                parser.error(
-                    f"{sub} needs trained weights, and no run in '{log_root or 'lightning_logs'}' has a checkpoint yet:"
-                    f" train one with `python -m vgg_lightning fit` first, or pass --ckpt_path FILE"
-                    f" (--ckpt_path {UNTRAINED} evaluates random weights on purpose)"
-                )
-        elif given:
-            try:
-                ckpt = checkpoints.resolve(str(given), log_root or Path("lightning_logs"))
-            except checkpoints.CheckpointNotFound as e:
-                parser.error(str(e))
-        else:
+        defaulted = not given and sub in EVALUATION
+        if not given and not defaulted:
             return
+        root = log_root or Path("lightning_logs")
+        try:
+            ckpt = checkpoints.resolve("best" if defaulted else str(given), root)
+        except checkpoints.CheckpointNotFound as e:
+            parser.error(
+                f"{sub} needs trained weights, and no run in '{root}' has a checkpoint yet: train one with"
+                f" `python -m vgg_lightning fit` first, or pass --ckpt_path FILE (--ckpt_path {UNTRAINED} evaluates"
+                " random weights on purpose)" if defaulted else str(e)
+            )
         cfg.ckpt_path = str(ckpt)
         if sub in EVALUATION:
             self.ckpt_note = f"weights: {ckpt}" + (" (the newest run's best; choose with --ckpt_path)" if defaulted else "")
@@ -177,7 +171,10 @@ class VGGLightningCLI(LightningCLI):
         precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))
 
     def _data_options_from_checkpoint(self, cfg) -> None:
-        saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
+        # mmap: only the small hyperparameter dict is read, not the weights
+        saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
+            "datamodule_hyper_parameters"
+        )
         for key, value in (saved or {}).items():
             if key in cfg.data and key not in RUNTIME_DATA_OPTIONS and not _given(self.raw_args, f"data.{key}"):
                 cfg.data[key] = value

@@ -54,8 +54,8 @@ class TensorBatchLoader:
     uninterrupted ones. Under DDP each rank takes every world_size-th index of that permutation: its own shard,
     all shards equally long. Lightning calls ``sampler.set_epoch`` on it before each epoch, as on a DataLoader.
 
-    It is stateful (``state_dict``/``load_state_dict``, which Lightning saves in checkpoints and restores): a run
-    resumed from a mid-epoch checkpoint (Ctrl-C, SIGTERM) goes on with the batches that epoch had not yet seen.
+    It is stateful (``state_dict``/``load_state_dict``; the data module carries the state through checkpoints):
+    a run resumed from a mid-epoch checkpoint (Ctrl-C, SIGTERM) goes on with the batches that epoch had not seen.
     """
 
     def __init__(
@@ -209,11 +209,13 @@ class CIFARDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        if self.spec is not None:
-            return self.spec.num_classes
+        return self.spec.num_classes if self.spec is not None else len(self._folder_class_names())
+
+    def _folder_class_names(self) -> list[str]:
+        """train/'s class folder names, read once (DataError with the expected layout when unusable)."""
         if not self.class_names:
             self.class_names = image_folders.class_names(self.data_dir)
-        return len(self.class_names)
+        return self.class_names
 
     # -- files ------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -247,10 +249,8 @@ class CIFARDataModule(L.LightningDataModule):
     def _load_folder_split(self, split: str, build: bool) -> Optional[image_folders.FolderSplit]:
         """A decoded class-folder split; what prepare_data loaded in this process is not read twice."""
         if split not in self._folder_splits_loaded:
-            if not self.class_names:
-                self.class_names = image_folders.class_names(self.data_dir)
             self._folder_splits_loaded[split] = image_folders.load_split(
-                self.data_dir, split, self.class_names, self.hparams.image_size, self.cache_dir,
+                self.data_dir, split, self._folder_class_names(), self.hparams.image_size, self.cache_dir,
                 self.hparams.num_workers, build=build,
             )  # fmt: skip
         return self._folder_splits_loaded[split]

@@ -291,15 +291,15 @@ class VGGClassifier(L.LightningModule):
         sched = schedules.build(opt, h.schedule, total, h.warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def scheduled_steps(self) -> Optional[int]:
-        """The number of steps the schedule is sized for now (None without a schedule)."""
+    def schedule_length(self) -> Optional[int]:
+        """The number of steps the running schedule is sized for now (None without a schedule)."""
         configs = self.trainer.lr_scheduler_configs if self._trainer is not None else []
         return schedules.total_steps(configs[0].scheduler) if configs else None
 
     # -- checkpoints: what a trained model needs without its data set -------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_acc"] = self.best_val_acc
-        checkpoint["schedule_total_steps"] = self.scheduled_steps()
+        checkpoint["schedule_total_steps"] = self.schedule_length()
         checkpoint["class_names"] = self.class_names()
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and getattr(dm, "mean", None) and getattr(dm, "std", None):

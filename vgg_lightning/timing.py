@@ -24,7 +24,7 @@ class PhaseTimer(Callback):
 
         self.started = STARTED
         self.t: dict[str, float] = {}
-        self.seconds = {"validation": 0.0, "sanity check": 0.0, "checkpoint writes": 0.0, "figures": 0.0}
+        self.seconds = {"validation": 0.0, "checkpoint writes": 0.0, "figures": 0.0}
         self.steps: list[float] = []
         self._batch_start: Optional[float] = None
         self._val_start = 0.0
@@ -58,16 +58,18 @@ class PhaseTimer(Callback):
         self._val_start = time.monotonic()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Callbacks run in list order: the figures (ValidationVisuals) and checkpoints come after this hook.
-        key = "sanity check" if trainer.sanity_checking else "validation"
-        self.seconds[key] += time.monotonic() - self._val_start
+        # Callbacks run in list order: the figures (ValidationVisuals) and checkpoints come after this hook. The
+        # sanity check counts in "model setup, summary, sanity check".
+        if not trainer.sanity_checking:
+            self.seconds["validation"] += time.monotonic() - self._val_start
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t["fit end"] = time.monotonic()
+        from vgg_lightning.visuals import ValidationVisuals
+
         for cb in trainer.callbacks:
-            pace = getattr(cb, "pace", None)
-            if pace is not None and type(cb).__name__ == "ValidationVisuals":
-                self.seconds["figures"] = pace.total
+            if isinstance(cb, ValidationVisuals):
+                self.seconds["figures"] = cb.pace.total
 
     def report(self) -> None:
         if self._printed or "fit end" not in self.t or not self.steps:
