@@ -93,3 +93,40 @@ def test_training_batches_are_augmented_on_transfer(cifar10_dir):
     assert not torch.equal(aug, plain)
     mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
     assert torch.allclose(plain, (x.float() / 255 - mean) / std, atol=1e-5)
+
+
+def _mirrored_by_label(loader, images):
+    """For each image (its label is its index), whether the loader served it mirrored this epoch."""
+    seen = {}
+    for x, y in loader:
+        for img, i in zip(x, y.tolist()):
+            assert torch.equal(img, images[i]) or torch.equal(img, images[i].flip(2))
+            seen[i] = torch.equal(img, images[i].flip(2)) and not torch.equal(img, images[i])
+    return seen
+
+
+def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
+    n = 96
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)  # no image is its own mirror
+    labels = torch.arange(n)
+    loader = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True, seed=3, alternate_flip=True)
+    epochs = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        epochs.append(_mirrored_by_label(loader, images))
+    assert sorted(epochs[0]) == list(range(n))
+    assert 0.3 < sum(epochs[0].values()) / n < 0.7  # a random half first
+    assert all(epochs[1][i] != epochs[0][i] for i in range(n))  # then exactly the others
+    assert epochs[2] == epochs[0]
+    loader.set_epoch(0)
+    assert _mirrored_by_label(loader, images) == epochs[0]  # seeded: the same run flips the same way
+    plain = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True, seed=3)
+    assert not any(_mirrored_by_label(plain, images).values())
+
+
+def test_alternate_flip_option(cifar10_dir):
+    dm = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=50, batch_size=32, flip="alternate")
+    dm.setup("fit")
+    assert dm.train_dataloader().alternate_flip and not dm.val_dataloader().alternate_flip
+    with pytest.raises(ConfigError, match="data.flip"):
+        CIFARDataModule(data_dir=str(cifar10_dir), flip="sometimes")

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -56,6 +56,11 @@ class TensorBatchLoader:
 
     It is stateful (``state_dict``/``load_state_dict``; the data module carries the state through checkpoints):
     a run resumed from a mid-epoch checkpoint (Ctrl-C, SIGTERM) goes on with the batches that epoch had not seen.
+
+    ``alternate_flip``: mirror each image in every other epoch (airbench's alternating flip). Epoch 0 mirrors a
+    seeded random half; each later epoch mirrors exactly the images the previous one did not, so every image is
+    seen both ways in any two epochs in a row (random flips leave a quarter of them one-sided). The flip is done
+    here because only the loader knows which image is which.
     """
 
     def __init__(
@@ -66,9 +71,11 @@ class TensorBatchLoader:
         shuffle: bool,
         drop_last: bool,
         seed: int = 0,
+        alternate_flip: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.alternate_flip = alternate_flip
         self.epoch = 0
         self.sampler = self  # where Lightning looks for set_epoch
         self.batch_sampler = None  # no torch sampler inside: Lightning leaves this loader as it is
@@ -115,10 +122,20 @@ class TensorBatchLoader:
             start = self._resume[1]  # the same permutation, from where the interrupted run stopped
         self._resume = None
         self.batches_served = start
+        mirrored = self.mirrored() if self.alternate_flip else None
         for i in range(start, len(self)):
             sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
             self.batches_served = i + 1
-            yield self.images[sel], self.labels[sel]
+            images = self.images[sel]
+            if mirrored is not None:
+                images = torch.where(mirrored[sel][:, None, None, None], images.flip(3), images)
+            yield images, self.labels[sel]
+
+    def mirrored(self) -> torch.Tensor:
+        """Which images (by index) the alternating flip mirrors in the current epoch."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919)  # one draw for the whole run
+        first = torch.rand(len(self.labels), generator=g) < 0.5
+        return (first ^ bool(self.epoch % 2)).to(self.labels.device)
 
 
 class CIFARDataModule(L.LightningDataModule):
@@ -140,7 +157,9 @@ class CIFARDataModule(L.LightningDataModule):
         cache_dir: where decoded class folders are cached; default ``$XDG_CACHE_HOME/vgg_lightning`` or
             ``~/.cache/vgg_lightning`` (``data_dir`` may be read-only).
         crop_padding: random-crop padding in pixels for training images (0 turns cropping off).
-        flip: random horizontal flips for training images.
+        flip: horizontal flips of training images: ``true`` mirrors each image with probability 1/2 in each batch,
+            ``alternate`` mirrors each image in every other epoch (a seeded random half in the first), which
+            shows every image both ways in any two epochs (airbench; helps most in short runs), ``false`` none.
         cutout: side of the square Cutout erases from each training image (0 turns it off).
         mean: per-channel mean for normalization; default: the training set's (computed for class folders).
         std: per-channel standard deviation for normalization; default: the training set's.
@@ -162,7 +181,7 @@ class CIFARDataModule(L.LightningDataModule):
         image_size: PositiveInt = 32,
         cache_dir: Optional[str] = None,
         crop_padding: NonNegativeInt = 4,
-        flip: bool = True,
+        flip: Union[bool, Literal["alternate"]] = True,
         cutout: NonNegativeInt = 0,
         mean: Optional[tuple[float, float, float]] = None,
         std: Optional[tuple[float, float, float]] = None,
@@ -178,6 +197,8 @@ class CIFARDataModule(L.LightningDataModule):
             raise ConfigError(f"data.data_dir '{data_dir}' is a file; give a folder (it is created if missing)")
         if archive_url and not archive_md5:
             raise ConfigError("data.archive_url needs data.archive_md5: a download is always verified")
+        if flip not in (True, False, "alternate"):
+            raise ConfigError(f"data.flip must be true, false or alternate, got {flip!r}")
         if std is not None and any(s <= 0 for s in std):
             raise ConfigError(f"data.std must be positive, got {std}")
         if dataset != "folder" and image_size != 32:
@@ -375,7 +396,10 @@ class CIFARDataModule(L.LightningDataModule):
     def _loader(self, split: Optional[Split], train: bool) -> TensorBatchLoader:
         assert split is not None, "setup() has not loaded this split"
         bs = self.hparams.batch_size
-        return TensorBatchLoader(*split, batch_size=bs, shuffle=train, drop_last=train, seed=self.hparams.split_seed)
+        alternate = train and self.hparams.flip == "alternate"
+        return TensorBatchLoader(
+            *split, batch_size=bs, shuffle=train, drop_last=train, seed=self.hparams.split_seed, alternate_flip=alternate
+        )
 
     def train_dataloader(self) -> TensorBatchLoader:
         self._train_loader = self._loader(self.train_set, train=True)
@@ -403,6 +427,7 @@ class CIFARDataModule(L.LightningDataModule):
                 raise ConfigError("no normalization known: pass --ckpt_path of a trained run, or --data.mean and --data.std")
             if self.trainer is not None and self.trainer.training:
                 h = self.hparams
-                images = train_augment(images, h.crop_padding, h.flip, h.cutout)
+                # "alternate" flips are done by the loader, which knows each image's index
+                images = train_augment(images, h.crop_padding, h.flip is True, h.cutout)
             images = normalize(images, self.mean, self.std)
         return images, labels
