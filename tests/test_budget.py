@@ -28,7 +28,7 @@ def test_onecycle_shape_is_torchs_onecycle():
 
 
 def test_resized_schedules_end_at_their_final_value():
-    for kind, final in (("onecycle", 0.1 / 25 / 1e4), ("cosine", 0.0)):
+    for kind, final in (("onecycle", 0.1 / 25 / 1e4), ("cosine", 0.0), ("linear", 0.0)):
         opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
         sched = schedules.build(opt, kind, 1000, 0.2)
         for _ in range(30):
@@ -38,6 +38,14 @@ def test_resized_schedules_end_at_their_final_value():
             opt.step(), sched.step()
         assert sched.get_last_lr()[0] == pytest.approx(final, abs=1e-12)  # the lr of step 79, the last
         assert schedules.total_steps(sched) == 80
+
+
+def test_linear_shape():
+    shape = schedules.WarmupLinear(100, 0.2)
+    assert [shape(s) for s in (0, 19)] == [pytest.approx(1 / 20), 1.0]  # warm-up to the peak in 20 steps
+    assert shape(20) == 1.0 and shape(99) == 0.0
+    assert shape(59.5) == pytest.approx(0.5)  # halfway down between step 20 and step 99
+    assert all(shape(s) > shape(s + 1) for s in range(20, 99))
 
 
 def test_parse_duration():

@@ -56,3 +56,45 @@ def test_runtime_options_on_the_command_line_beat_the_checkpoint(cifar10_dir, tm
     assert "tta_flip: true" in used and "width: 0.25" in used
     assert main(["test", *args[:-2]]) == 0  # not given: the checkpoint's value
     assert "tta_flip: false" in (run / "test_config.yaml").read_text()
+
+
+def test_tta_final_mirrors_only_the_last_validation_of_fit(cifar10_dir, tmp_path, monkeypatch):
+    import lightning as L
+
+    from vgg_lightning.datamodule import CIFARDataModule
+
+    seen = []
+    real = VGGClassifier.tta_now
+
+    def spy(self):
+        used = real(self)
+        seen.append((self.trainer.state.fn, self.trainer.sanity_checking, self.trainer.current_epoch, used))
+        return used
+
+    monkeypatch.setattr(VGGClassifier, "tta_now", spy)
+
+    class StopAtStep3(L.Callback):  # as a time budget stops: should_stop mid-epoch, then the last validation
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 3
+
+    def run(*callbacks, **limits):
+        dm = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
+        model = VGGClassifier(arch="vgg11", width=0.125, tta_flip="final")
+        trainer = L.Trainer(default_root_dir=tmp_path, limit_train_batches=2, limit_val_batches=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=list(callbacks), **limits)  # fmt: skip
+        trainer.fit(model, dm)
+        return trainer, model, dm
+
+    seen.clear()
+    run(max_epochs=3)
+    assert [(sanity, epoch, used) for _, sanity, epoch, used in seen] == [
+        (True, 0, False), (False, 0, False), (False, 1, False), (False, 2, True)
+    ]  # fmt: skip
+    seen.clear()
+    trainer, model, dm = run(StopAtStep3(), max_epochs=10)
+    assert [(epoch, used) for _, sanity, epoch, used in seen if not sanity] == [(0, False), (1, True)]
+    seen.clear()
+    trainer.validate(model, dm, verbose=False)
+    assert [used for *_, used in seen] == [True]  # evaluation commands always mirror
+    assert real(VGGClassifier(arch="vgg11", width=0.125, tta_flip="final"))  # no trainer: classify(), scripts

@@ -7,7 +7,7 @@ What keeps runs safe (RNG states, the non-finite loss watch) lives in ``reliabil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -42,9 +42,9 @@ class VGGClassifier(L.LightningModule):
         weight_decay: decoupled for AdamW, L2 for SGD; applied to conv and linear weights only, never to BN
             parameters or biases.
         label_smoothing: cross-entropy label smoothing.
-        schedule: ``onecycle`` (OneCycleLR's shape), ``cosine`` (linear warm-up then cosine to 0) or
-            ``constant``; stepped after every optimizer step and sized by ``trainer.estimated_stepping_batches``,
-            or by the time budget's plan with ``--trainer.max_time``.
+        schedule: ``onecycle`` (OneCycleLR's shape), ``cosine`` (linear warm-up then cosine to 0), ``linear``
+            (linear warm-up then straight down to 0) or ``constant``; stepped after every optimizer step and sized
+            by ``trainer.estimated_stepping_batches``, or by the time budget's plan with ``--trainer.max_time``.
         warmup: fraction of all steps spent warming up (OneCycle's ``pct_start``).
         channels_last: NHWC memory format; default: on for CUDA, and on CPUs where it measured faster (all we
             measured, see ``precision.py``).
@@ -52,7 +52,10 @@ class VGGClassifier(L.LightningModule):
         compile: ``torch.compile`` the network for training and evaluation.
         ema_decay: keep an exponential moving average of the weights (and BN statistics) with this decay per
             step, and validate, test, predict and export with it; 0 turns it off.
-        tta_flip: at evaluation, average the logits of each image and its mirror image.
+        tta_flip: at evaluation, average the logits of each image and its mirror image. ``final``: do so in
+            ``validate``/``test``/``predict``/``classify()`` and in the last validation of ``fit`` (the one that
+            reports the trained model), but not in the validations before it, where it would cost an extra pass
+            each epoch (on a CPU, about as much as the validation itself).
     """
 
     def __init__(
@@ -70,13 +73,13 @@ class VGGClassifier(L.LightningModule):
         nesterov: bool = True,
         weight_decay: NonNegativeFloat = 5e-4,
         label_smoothing: ClosedUnitInterval = 0.0,
-        schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
+        schedule: Literal["onecycle", "cosine", "linear", "constant"] = "onecycle",
         warmup: ClosedUnitInterval = 0.15,
         channels_last: Optional[bool] = None,
         fused: Optional[bool] = None,
         compile: bool = False,
         ema_decay: ClosedUnitInterval = 0.0,
-        tta_flip: bool = False,
+        tta_flip: Union[bool, Literal["final"]] = False,
     ) -> None:
         super().__init__()
         if image_size < 32:
@@ -138,11 +141,27 @@ class VGGClassifier(L.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation, averaged with the mirrored images' when ``tta_flip`` is on."""
+        """Logits for evaluation, averaged with the mirrored images' when ``tta_flip`` applies (``tta_now``)."""
         logits = self(x)
-        if self.hparams.tta_flip:
+        if self.tta_now():
             logits = (logits + self(x.flip(3))) / 2
         return logits
+
+    def tta_now(self) -> bool:
+        """Whether evaluation now averages with mirror images: ``tta_flip`` true, or ``final`` anywhere but in a
+        validation of ``fit`` that is not its last (sanity check included)."""
+        tta = self.hparams.tta_flip
+        if tta != "final":
+            return bool(tta)
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return True
+        if trainer.sanity_checking:
+            return False
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        last_epoch = max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+        last_step = trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
+        return bool(trainer.should_stop or last_epoch or last_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
