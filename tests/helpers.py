@@ -45,5 +45,21 @@ class RecordRank(L.Callback):
         import json
 
         self.record["world_size"] = trainer.world_size
+        self.record["global_step"] = trainer.global_step
+        self.record["lr"] = [g["lr"] for g in trainer.optimizers[0].param_groups]
         with open(f"rank{trainer.global_rank}.json", "w") as f:
             json.dump(self.record, f)
+
+
+class BlockRank1(L.Callback):
+    """Rank 1 waits, inside a collective-style receive that never comes, from global step 3 on: a hung process."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import os
+
+        import torch
+
+        if trainer.global_rank == 1 and trainer.global_step == 3:
+            with open("stuck", "w") as f:
+                f.write(str(os.getpid()))
+            torch.distributed.recv(torch.zeros(1), src=0)  # blocks in C: Python's signal handlers never run

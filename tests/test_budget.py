@@ -78,10 +78,61 @@ class FakeClock(L.Callback):
         self.now += 5.0
 
 
-def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_after=None):
+class ValidationSteps(L.Callback):
+    """The global steps at which validations ran."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def validation_steps(trainer) -> list[int]:
+    return next(cb for cb in trainer.callbacks if isinstance(cb, ValidationSteps)).steps
+
+
+def ends_annealed_within(trainer, budget, clock, seconds) -> None:
+    assert budget.planned_steps == trainer.global_step
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert schedules.total_steps(sched) == budget.planned_steps
+    assert sched.get_last_lr()[0] == pytest.approx(0.05 / 25 / 1e4)
+    assert 0.9 * seconds <= clock.now <= seconds
+
+
+def test_budget_with_gradient_accumulation_plans_optimizer_steps(cifar10_dir, tmp_path):
+    # 2 batches (2 s) an optimizer step, 5 optimizer steps an epoch
+    trainer, budget, clock = budget_fit(cifar10_dir, tmp_path, 200.0, accumulate_grad_batches=2)
+    ends_annealed_within(trainer, budget, clock, 200)
+    assert 60 <= budget.planned_steps <= 70  # about (200 - 2 - 5 x ends) / 2 s; not the 130 batches' count
+
+
+def test_budget_with_no_epoch_bound(cifar10_dir, tmp_path):
+    trainer, budget, clock = budget_fit(cifar10_dir, tmp_path, 100.0, max_epochs=-1)  # int(inf) overflowed here
+    ends_annealed_within(trainer, budget, clock, 100)
+
+
+def test_budget_validates_and_saves_the_final_model_in_an_epoch_without_validation(cifar10_dir, tmp_path):
+    trainer, budget, clock = budget_fit(cifar10_dir, tmp_path, 200.0, check_val_every_n_epoch=2)
+    ends_annealed_within(trainer, budget, clock, 200)
+    assert trainer.global_step % 20 != 0  # the plan ended in an epoch that validates only every second epoch ...
+    assert validation_steps(trainer)[-1] == trainer.global_step  # ... and the final model was validated anyway
+    best = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == trainer.global_step
+    assert best["global_step"] <= trainer.global_step
+
+
+def test_budget_counts_mid_epoch_validations_as_validation_not_step_time(cifar10_dir, tmp_path):
+    trainer, budget, clock = budget_fit(cifar10_dir, tmp_path, 200.0, val_check_interval=0.5)
+    ends_annealed_within(trainer, budget, clock, 200)
+    assert max(budget._step_times) == 1.0  # every step 1 s; the 5 s validations after 5 steps are not in it
+    assert validation_steps(trainer)[-1] == trainer.global_step
+
+
+def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_after=None, **trainer_options):
     torch.manual_seed(0)
     clock = FakeClock()
-    budget = TimeBudget(seconds, started=0.0, clock=clock)
+    budget = TimeBudget(seconds, started=0.0, clock=clock)  # seconds None: resumed without a budget
     model = VGGClassifier(arch="vgg11", width=0.125, lr=0.05, schedule="onecycle", warmup=0.2)
     data = CIFARDataModule(data_dir=str(data_dir), download=False, val_size=40, batch_size=16)  # 10 steps an epoch
     callbacks = [clock, budget, L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True)]
@@ -89,9 +140,10 @@ def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_
         from .helpers import StopAfterEpoch
 
         callbacks.append(StopAfterEpoch(stop_after))
+    options = {"max_epochs": 100, **trainer_options}
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=100, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root,
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, callbacks=[*callbacks, ValidationSteps()], default_root_dir=root, **options,
     )  # fmt: skip
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return trainer, budget, clock
@@ -110,16 +162,43 @@ def test_budget_plans_steps_and_schedule_on_a_fake_clock(cifar10_dir, tmp_path):
     assert trainer.max_epochs == -(-budget.planned_steps // 10)
 
 
-def test_resume_keeps_the_plan(cifar10_dir, tmp_path):
+def test_resume_with_the_same_budget_keeps_the_plan(cifar10_dir, tmp_path, capsys):
     first, budget, _ = budget_fit(cifar10_dir, tmp_path, 200.0, stop_after=4)
     planned = budget.planned_steps
     assert first.global_step == 50 < planned
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert ckpt["callbacks"]["TimeBudget"]["planned_steps"] == planned
-    # Resumed with another budget: the plan it started with stands (schedule and steps).
-    second, budget2, _ = budget_fit(cifar10_dir, tmp_path, 50.0, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert ckpt["callbacks"]["TimeBudget"] == {"seconds": 200.0, "planned_steps": planned}
+    second, budget2, _ = budget_fit(cifar10_dir, tmp_path, 200.0, ckpt_path=str(tmp_path / "last.ckpt"))
     assert budget2.planned_steps == planned == second.global_step
     assert schedules.total_steps(second.lr_scheduler_configs[0].scheduler) == planned
+    assert f"keeping its plan of {planned:,} steps" in capsys.readouterr().err
+
+
+def test_resume_without_a_budget_keeps_the_plan(cifar10_dir, tmp_path):
+    _, budget, _ = budget_fit(cifar10_dir, tmp_path, 200.0, stop_after=4)
+    second, budget2, _ = budget_fit(cifar10_dir, tmp_path, None, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert budget2.planned_steps == budget.planned_steps == second.global_step
+
+
+def test_resume_with_a_new_budget_replans_the_rest_into_it(cifar10_dir, tmp_path, capsys):
+    _, budget, _ = budget_fit(cifar10_dir, tmp_path, 200.0, stop_after=4)  # 50 steps done of 130 planned
+    second, budget2, clock = budget_fit(cifar10_dir, tmp_path, 50.0, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert "re-planning the steps left into the new budget of 50.0 s" in capsys.readouterr().err
+    # The new 50 s count from this command's start: far fewer steps than the old plan's 80 left, all of them
+    # ending inside the new budget, with the schedule resized to end there annealed.
+    assert 50 < budget2.planned_steps == second.global_step < budget.planned_steps
+    assert clock.now <= 50
+    sched = second.lr_scheduler_configs[0].scheduler
+    assert schedules.total_steps(sched) == budget2.planned_steps
+    assert sched.get_last_lr()[0] == pytest.approx(0.05 / 25 / 1e4)
+
+
+def test_resume_of_a_finished_plan_says_nothing_is_left(cifar10_dir, tmp_path, capsys):
+    first, budget, _ = budget_fit(cifar10_dir, tmp_path, 200.0)
+    capsys.readouterr()
+    second, _, _ = budget_fit(cifar10_dir, tmp_path, 400.0, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert second.global_step == first.global_step == budget.planned_steps  # no step trained
+    assert "nothing left to train" in capsys.readouterr().err
 
 
 def test_a_real_short_budget_ends_in_time_and_annealed(cifar10_dir, tmp_path, monkeypatch, capsys):

@@ -50,8 +50,8 @@ def test_download_with_wrong_md5_leaves_nothing(cifar10_dir, tmp_path):
     assert not target.exists()
 
 
-def run_cli(args, cwd, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+def run_cli(args, cwd, extra_env=None, **kwargs):
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,

@@ -2,11 +2,19 @@
 
 Lightning's own ``max_time`` stops training wherever the clock runs out, often with the learning rate still high
 in a OneCycle or cosine schedule, which leaves a poor model. Here the budget is planned: after timing the first
-steps (and the sanity validation), the run decides how many optimizer steps fit, counting one validation and
-checkpoint per epoch end and a final one, sizes the schedule to exactly that many steps, and ends with the
-learning rate annealed, a last validation and a checkpoint, inside the budget. The plan is refined at each epoch
-start with the measured cost of the epoch end, saved in checkpoints, and kept by ``fit --ckpt_path last``.
+steps (and the sanity validation), the run decides how many optimizer steps fit, counting the extra time of every
+epoch (validations, checkpoints, figures) and a final one, sizes the schedule to exactly that many steps, and ends
+with the learning rate annealed, a last validation and a checkpoint, inside the budget. The plan is refined as
+the run measures its real speed, saved in checkpoints, and kept by ``fit --ckpt_path last``.
 ``max_epochs``/``max_steps`` stay upper bounds. The clock starts when the command starts.
+
+Under DDP there is one plan for all processes: rank 0's clock and step times decide it, every rank re-plans at
+the same global step, and the plan is broadcast, so all ranks stop at the same step (a rank that stopped alone
+would wait forever in the next collective operation).
+
+Resuming (``fit --ckpt_path last``): without ``max_time``, or with the budget the run started with, the run goes on
+with its plan (same steps, same schedule). A different ``max_time`` re-plans the steps left into the new time,
+counted from this command's start. A run whose plan is finished has nothing left to train, and says so.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ SKIP_STEPS, MEASURE_STEPS = 10, 20
 RESERVE_FRACTION, RESERVE_MIN_S = 0.01, 2.0
 # The plan is refined from the recent step times every this share of the budget (a CPU's speed drifts).
 REPLAN_EVERY = 0.05
+# Schedule length before the first plan when nothing else bounds the run (max_epochs -1): the first plan, a few
+# dozen steps in, resizes it; until then the schedule is in its warm-up either way.
+UNPLANNED_STEPS = 10**9
 
 
 def parse_duration(value: Any) -> float:
@@ -63,29 +74,54 @@ def plan_steps(
     return low
 
 
-class TimeBudget(Callback):
-    """Plans the optimizer steps that fit into ``seconds`` from ``started`` (a ``clock`` reading)."""
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
-    def __init__(self, seconds: float, started: Optional[float] = None, clock: Callable[[], float] = time.monotonic):
-        self.seconds = float(seconds)
+
+class TimeBudget(Callback):
+    """Plans the optimizer steps that fit into ``seconds`` from ``started`` (a ``clock`` reading).
+
+    ``seconds`` None: no budget given, but the resumed checkpoint has a plan, which is kept."""
+
+    def __init__(
+        self, seconds: Optional[float], started: Optional[float] = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.seconds = None if seconds is None else float(seconds)
         self.clock = clock
         self.started = clock() if started is None else started
         self.planned_steps: Optional[int] = None
-        self.resumed = False
-        self._step_times: list[float] = []
-        self._planned_at: Optional[float] = None  # clock reading of the latest plan
-        self._times_at_plan = 0  # len(_step_times) then
+        self.resumed = False  # going on with a checkpoint's plan, unchanged
+        self._saved_seconds: Optional[float] = None  # the budget the checkpoint's plan was made for
+        self._first_plan_done = False
+        self._step_times: list[float] = []  # seconds per batch, validations inside an interval taken out
+        self._times_at_plan = 0  # len(_step_times) at the latest plan
+        self._next_replan_step: Optional[int] = None  # global step of the next timed re-plan (same on every rank)
         self._last_batch_start: Optional[float] = None
         self._last_batch_end: Optional[float] = None
-        self._epoch_end_s: Optional[float] = None
+        self._val_start: Optional[float] = None
+        self._val_in_interval = 0.0  # validation seconds inside the current batch interval (mid-epoch validation)
+        self._val_in_epoch = 0.0  # mid-epoch validation seconds in the current epoch
+        self._epoch_extra_s: Optional[float] = None  # most expensive epoch so far: its end plus mid-epoch validations
+        self._epoch_start_step = 0
+        self._start_step = 0  # global step when this command's training started
         self._sanity_start = 0.0
         self._sanity_s_per_batch: Optional[float] = None
         self._user_max_epochs: Optional[int] = None  # the upper bounds given, before plans changed max_epochs
         self._user_max_steps: Optional[int] = None
+        self._user_check_val_every: Optional[int] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._user_max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
         self._user_max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+
+    # -- units: the plan counts optimizer steps; with gradient accumulation one takes several batches ------------
+    @staticmethod
+    def _accumulate(trainer: L.Trainer) -> int:
+        return max(1, int(trainer.accumulate_grad_batches))
+
+    def _steps_per_epoch(self, trainer: L.Trainer) -> int:
+        # Lightning steps the optimizer at the end of an epoch even when the last accumulation is incomplete.
+        return max(1, math.ceil(int(trainer.num_training_batches) / self._accumulate(trainer)))
 
     # -- measuring ----------------------------------------------------------------------------------------------
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -96,17 +132,36 @@ class TimeBudget(Callback):
         if batches:
             self._sanity_s_per_batch = (self.clock() - self._sanity_start) / batches
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val_start = self.clock()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._val_start is not None and not trainer.sanity_checking:
+            seconds = self.clock() - self._val_start
+            self._val_in_interval += seconds
+            self._val_start = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start_step = trainer.global_step
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         now = self.clock()
         if batch_idx == 0 and self._last_batch_end is not None:
-            # From the last step of the previous epoch to here: validation, checkpoints, figures, epoch hooks.
-            # The most expensive one so far: figures and checkpoints need not come at every epoch end.
-            self._epoch_end_s = max(self._epoch_end_s or 0.0, now - self._last_batch_end)
+            # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,
+            # plus the validations it ran mid-epoch. The most expensive epoch so far counts.
+            extra = now - self._last_batch_end + self._val_in_epoch
+            self._epoch_extra_s = max(self._epoch_extra_s or 0.0, extra)
             self._last_batch_start = None
             if not self.resumed:
-                self._plan(trainer, pl_module, now, at_batch_end=False)
+                self._plan(trainer, pl_module, at_batch_end=False)
         elif self._last_batch_start is not None:
-            self._step_times.append(now - self._last_batch_start)
+            # A mid-epoch validation ran inside this interval: it is validation time, not step time.
+            self._step_times.append(now - self._last_batch_start - self._val_in_interval)
+            self._val_in_epoch += self._val_in_interval
+        if batch_idx == 0:
+            self._val_in_epoch = 0.0
+        self._val_in_interval = 0.0
         self._last_batch_start = now
         if self.planned_steps is not None and trainer.global_step == self.planned_steps - 1:
             self._log_final_lr(trainer)
@@ -114,42 +169,82 @@ class TimeBudget(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         self._last_batch_end = self.clock()
-        timed = len(self._step_times) - SKIP_STEPS
-        if self.planned_steps is None and timed >= MEASURE_STEPS:
-            self._plan(trainer, pl_module, self._last_batch_end)
-        elif (self._planned_at is not None and not self.resumed and trainer.global_step < self.planned_steps
-              and self._last_batch_end - self._planned_at >= REPLAN_EVERY * self.seconds):  # fmt: skip
-            self._plan(trainer, pl_module, self._last_batch_end)
+        if not self.resumed:
+            # Step counts, not clock readings, decide when to plan: the same on every rank.
+            if not self._first_plan_done and len(self._step_times) - SKIP_STEPS >= MEASURE_STEPS:
+                self._plan(trainer, pl_module)
+            elif (self._next_replan_step is not None and trainer.global_step >= self._next_replan_step
+                  and trainer.global_step < self.planned_steps):  # fmt: skip
+                self._plan(trainer, pl_module)
         if self.planned_steps is not None and trainer.global_step >= self.planned_steps:
-            trainer.should_stop = True  # Lightning then validates, checkpoints and ends the fit
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        trainer.should_stop = True  # Lightning then validates, checkpoints and ends the fit
+        # The final model is always validated (and so checkpointed), also in an epoch that would not validate.
+        if trainer.check_val_every_n_epoch not in (None, 1):
+            self._user_check_val_every = trainer.check_val_every_n_epoch
+            trainer.check_val_every_n_epoch = 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._user_check_val_every is not None:
+            trainer.check_val_every_n_epoch = self._user_check_val_every
+        trained = trainer.global_step > self._start_step
+        if trainer.is_global_zero and trained and self.planned_steps is not None and trainer.global_step >= self.planned_steps:
+            what = f"the planned budget of {_fmt(self.seconds)}" if self.seconds else "the resumed run's plan"
+            used = f"; {_fmt(self.clock() - self.started)} used" if self.seconds else ""
+            _say(f"{what} ended the run after {trainer.global_step:,} steps{used}")
 
     # -- planning -----------------------------------------------------------------------------------------------
-    def _epoch_end_estimate(self, trainer: L.Trainer) -> float:
-        if self._epoch_end_s is not None:
-            return self._epoch_end_s
+    def _epoch_extra_estimate(self, trainer: L.Trainer) -> float:
+        if self._epoch_extra_s is not None:
+            return self._epoch_extra_s
         if self._sanity_s_per_batch is not None and trainer.num_val_batches:
-            return self._sanity_s_per_batch * sum(trainer.num_val_batches)
+            check_every = trainer.val_check_batch
+            runs = 1
+            if isinstance(check_every, (int, float)) and math.isfinite(check_every) and check_every > 0:
+                runs = max(1, int(trainer.num_training_batches // check_every))
+            return self._sanity_s_per_batch * sum(trainer.num_val_batches) * runs
         return 0.0  # no validation to pay for; the first epoch end's real cost refines the plan
 
-    def _plan(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float, at_batch_end: bool = True) -> None:
+    def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
+        """Rank 0's plan from its own clock and step times (None while nothing was timed)."""
         recent = self._step_times[max(SKIP_STEPS, self._times_at_plan):]
         times = recent if len(recent) >= MEASURE_STEPS else (self._step_times[SKIP_STEPS:] or self._step_times)
-        if not times:
-            return
-        self._planned_at, self._times_at_plan = now, len(self._step_times)
-        step_s = sum(times) / len(times)
-        per_epoch = max(1, int(trainer.num_training_batches))
+        if not times or self.seconds is None:
+            return None
+        now = self.clock()
+        step_s = sum(times) / len(times) * self._accumulate(trainer)  # seconds per optimizer step
+        per_epoch = self._steps_per_epoch(trainer)
         remaining = self.seconds - (now - self.started)
         remaining -= max(RESERVE_MIN_S, RESERVE_FRACTION * self.seconds)
         caps = [self._user_max_epochs * per_epoch if self._user_max_epochs else None, self._user_max_steps]
         done = trainer.global_step
         cap = min((c - done for c in caps if c is not None), default=None)
-        # Steps of this epoch done (every epoch has per_epoch); after its last step its end is still to come.
-        done_in_epoch = (done - 1) % per_epoch + 1 if at_batch_end and done else done % per_epoch
-        more = plan_steps(remaining, step_s, self._epoch_end_estimate(trainer), per_epoch, done_in_epoch, cap)
-        first, before = self.planned_steps is None, self.planned_steps or 0
+        # Steps of this epoch done; after its last step, that epoch's end is still to come.
+        done_in_epoch = done - self._epoch_start_step
+        if not at_batch_end:
+            done_in_epoch = 0
+        extra = self._epoch_extra_estimate(trainer)
+        more = plan_steps(remaining, step_s, extra, per_epoch, done_in_epoch, cap)
         # At a step's start that step runs anyway; after it, zero more steps means: stop now.
-        self.planned_steps = done + max(more, 0 if at_batch_end else 1)
+        planned = done + max(more, 0 if at_batch_end else 1)
+        every = max(1, round(REPLAN_EVERY * self.seconds / max(step_s, 1e-9)))
+        return {"planned": planned, "step_s": step_s, "extra_s": extra, "used_s": now - self.started,
+                "next_replan": done + every, "times": len(self._step_times)}  # fmt: skip
+
+    def _plan(self, trainer: L.Trainer, pl_module: L.LightningModule, at_batch_end: bool = True) -> None:
+        plan = self._compute_plan(trainer, at_batch_end) if trainer.is_global_zero else None
+        if trainer.world_size > 1:
+            plan = trainer.strategy.broadcast(plan, src=0)  # every rank calls this at the same global step
+        if plan is None:
+            return
+        first, before = not self._first_plan_done, self.planned_steps or 0
+        self._first_plan_done = True
+        self._times_at_plan = len(self._step_times)
+        self._next_replan_step = plan["next_replan"]
+        self.planned_steps = plan["planned"]
+        per_epoch = self._steps_per_epoch(trainer)
         trainer.fit_loop.max_epochs = math.ceil(self.planned_steps / per_epoch)
         pl_module.schedule_steps = self.planned_steps
         for config in trainer.lr_scheduler_configs:
@@ -157,14 +252,14 @@ class TimeBudget(Callback):
         changed = abs(self.planned_steps - before) > 0.02 * max(before, 1)
         if trainer.is_global_zero and (first or (changed and trainer.progress_bar_callback is None)):
             images = getattr(trainer.datamodule, "hparams", {}).get("batch_size", 0) * trainer.world_size
-            rate = f" at {images / step_s:,.0f} img/s measured" if images else f" at {step_s:.3f} s a step"
+            images *= self._accumulate(trainer)
+            rate = f" at {images / plan['step_s']:,.0f} img/s measured" if images else f" at {plan['step_s']:.3f} s a step"
             what = "budget" if first else "budget re-planned"
-            print(
+            _say(
                 f"{what} {_fmt(self.seconds)}: {self.planned_steps:,} steps = {self.planned_steps / per_epoch:.1f} epochs"
-                f"{rate}, {self._epoch_end_estimate(trainer):.1f} s per epoch end (validation, checkpoints);"
-                f" {_fmt(now - self.started)} used so far",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
+                f"{rate}, {plan['extra_s']:.1f} s per epoch end (validation, checkpoints);"
+                f" {_fmt(plan['used_s'])} used so far"
+            )
 
     @staticmethod
     def _log_final_lr(trainer: L.Trainer) -> None:
@@ -181,27 +276,56 @@ class TimeBudget(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=trainer.global_step)
 
-    # -- checkpoints: a resumed run keeps the plan ------------------------------------------------------------------
+    # -- checkpoints: a resumed run keeps the plan, or re-plans into a new budget ------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds, "planned_steps": self.planned_steps}
+        seconds = self.seconds if self.seconds is not None else self._saved_seconds
+        return {"seconds": seconds, "planned_steps": self.planned_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.planned_steps = state_dict.get("planned_steps")
-        self.resumed = self.planned_steps is not None
+        self._saved_seconds = state_dict.get("seconds")
+        same_budget = self.seconds is None or (
+            self._saved_seconds is not None and abs(self.seconds - self._saved_seconds) < 0.5
+        )
+        self.resumed = self.planned_steps is not None and same_budget
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Before configure_optimizers, so the module sizes its schedule by the plan, not by max_epochs.
         self.load_state_dict(checkpoint.get("callbacks", {}).get(self.state_key, {}))
-        if self.resumed:
+        if self.planned_steps is not None:
             pl_module.schedule_steps = self.planned_steps
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.resumed:
-            trainer.fit_loop.max_epochs = math.ceil(self.planned_steps / max(1, int(trainer.num_training_batches)))
+        self._start_step = trainer.global_step
+        if self.planned_steps is None:
+            return  # a new run: the first timed steps make the plan
+        done = trainer.global_step
+        trainer.fit_loop.max_epochs = math.ceil(self.planned_steps / self._steps_per_epoch(trainer))
+        if done >= self.planned_steps:
+            self.resumed = True  # nothing to re-plan: the schedule has annealed
+            message = (
+                f"nothing left to train: this run finished its planned {self.planned_steps:,} steps (its learning rate"
+                " has annealed). Evaluate it with `test`/`validate`, or start a new run without --ckpt_path."
+            )
+            trainer.should_stop = True
+        elif self.resumed:
+            message = (
+                f"resumed at step {done:,} of a budgeted run: keeping its plan of {self.planned_steps:,} steps"
+                f" ({self.planned_steps - done:,} to go; budget {_fmt(self._saved_seconds or 0)} as before). Another"
+                " --trainer.max_time re-plans the steps left into that time."
+            )
+        else:
+            message = (
+                f"resumed at step {done:,} of a run planned for {self.planned_steps:,} steps"
+                f" ({_fmt(self._saved_seconds or 0)}): re-planning the steps left into the new budget of"
+                f" {_fmt(self.seconds)}, counted from this command's start"
+            )
+        if trainer.is_global_zero:
+            _say(message)
 
 
-def _fmt(seconds: float) -> str:
-    seconds = max(0.0, seconds)
+def _fmt(seconds: Optional[float]) -> str:
+    seconds = max(0.0, seconds or 0.0)
     if seconds >= 60:
         return f"{int(seconds // 60)} min {seconds % 60:02.0f} s" if seconds % 60 >= 1 else f"{int(seconds // 60)} min"
     return f"{seconds:.1f} s"

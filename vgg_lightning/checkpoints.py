@@ -34,18 +34,55 @@ def latest_with(log_root: Path, name: str = "last.ckpt") -> Optional[Path]:
     return None
 
 
-def best_of_run(last_ckpt: Path) -> Optional[Path]:
-    """The best checkpoint a run recorded (ModelCheckpoint's state inside its ``last.ckpt``)."""
-    # mmap: only the callbacks' small state is read, not the weights
-    state = torch.load(last_ckpt, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
-    for key, value in state.items():
-        if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
-            best = Path(value["best_model_path"])
-            # The run folder may have moved since; look beside last.ckpt first.
-            for candidate in (last_ckpt.parent / best.name, best):
-                if candidate.is_file():
-                    return candidate
+def latest_run_with_checkpoints(log_root: Path) -> Optional[Path]:
+    """The newest run folder with any checkpoint (a run killed before its first last.ckpt may have a best one)."""
+    for run in reversed(run_dirs(log_root)):
+        if any((run / "checkpoints").glob("*.ckpt")):
+            return run
     return None
+
+
+def _monitor_state(path: Path) -> Optional[tuple[str, float, Optional[str]]]:
+    """(mode, this file's monitored score, the best path recorded) from the best-checkpoint callback's state saved
+    in ``path``; None when the file has none. The mode is part of the callback's state key."""
+    # mmap: only the callbacks' small state is read, not the weights
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    for key, value in state.items():
+        if not (key.startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("monitor")):
+            continue
+        mode = "min" if "'mode': 'min'" in key else "max"
+        score = value.get("current_score")
+        best_path = value.get("best_model_path") or None
+        return mode, (float(score) if score is not None else float("nan")), best_path
+    return None
+
+
+def best_of_run(run: Path) -> Optional[Path]:
+    """The run's best checkpoint by its monitored value, read from each checkpoint file in ``run/checkpoints``.
+
+    Not only from ``last.ckpt``'s record: after a crash (SIGKILL, a non-finite loss) ``last.ckpt`` can be older
+    than the newest best checkpoint, whose predecessor, the one it names, was deleted."""
+    folder = run / "checkpoints"
+    scored: list[tuple[float, float, Path]] = []
+    mode = "max"
+    for path in sorted(folder.glob("*.ckpt")):
+        try:
+            found = _monitor_state(path)
+        except Exception:  # a file that is not a checkpoint (or a truncated one) is not a candidate
+            continue
+        if found is None:
+            continue
+        mode, score, best_path = found
+        # The best-checkpoint callback saves a file right after recording it as the best, with its own score;
+        # last.ckpt records the latest validation's score, which belongs to a file only if it is that file.
+        if path.name == "last.ckpt" or (best_path and Path(best_path).name != path.name):
+            continue
+        if score == score:  # not NaN
+            scored.append((score, path.stat().st_mtime, path))
+    if not scored:
+        return None
+    sign = 1 if mode == "max" else -1
+    return max(scored, key=lambda t: (sign * t[0], t[1]))[2]
 
 
 def resolve(ckpt_path: str, log_root: Path) -> Path:
@@ -55,17 +92,23 @@ def resolve(ckpt_path: str, log_root: Path) -> Path:
         if not path.is_file():
             raise CheckpointNotFound(f"checkpoint '{ckpt_path}' does not exist")
         return path
-    last = latest_with(log_root)
-    if last is None:
-        raise CheckpointNotFound(
-            f"--ckpt_path {ckpt_path}: no run in '{log_root}' has checkpoints/last.ckpt; train one with `fit` first"
-            " or give a checkpoint's path"
-        )
     if ckpt_path == "last":
+        last = latest_with(log_root)
+        if last is None:
+            raise CheckpointNotFound(
+                f"--ckpt_path last: no run in '{log_root}' has checkpoints/last.ckpt; train one with `fit` first"
+                " or give a checkpoint's path"
+            )
         return last
-    best = best_of_run(last)
+    run = latest_run_with_checkpoints(log_root)
+    if run is None:
+        raise CheckpointNotFound(
+            f"--ckpt_path best: no run in '{log_root}' has checkpoints; train one with `fit` first or give a"
+            " checkpoint's path"
+        )
+    best = best_of_run(run)
     if best is None:
-        raise CheckpointNotFound(f"--ckpt_path best: the run of {last} recorded no best checkpoint")
+        raise CheckpointNotFound(f"--ckpt_path best: {run} holds no checkpoint with a monitored score")
     return best
 
 

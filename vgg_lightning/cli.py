@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +30,7 @@ from vgg_lightning.reliability import (
     NonFiniteLossError,
     NonFiniteLossWatch,
     RNGStates,
+    SignalGrace,
 )
 from vgg_lightning.reporting import EpochSummary, PredictionReport, TestReport
 from vgg_lightning.visuals import ValidationVisuals
@@ -133,8 +135,17 @@ class VGGLightningCLI(LightningCLI):
         if sub in EVALUATION:
             self.ckpt_note = f"weights: {ckpt}" + (" (the newest run's best; choose with --ckpt_path)" if defaulted else "")
         version = checkpoints.run_version(ckpt, log_root) if log_root else None
-        if version is not None:  # go on logging into the run the checkpoint belongs to
-            cfg.trainer.logger.init_args.version = version
+        if version is None:
+            return
+        if sub == "fit" and ckpt.name != "last.ckpt":
+            # Resuming from an earlier state of a run (its best, an epoch's file) would overwrite that run's
+            # last.ckpt and config.yaml with a state it has already gone past: a new run folder instead.
+            self.ckpt_note = (
+                f"resuming from {ckpt}, an earlier state of version_{version}: logging into a new run folder, so"
+                f" version_{version}'s own last.ckpt and config.yaml stay as they are"
+            )
+            return
+        cfg.trainer.logger.init_args.version = version  # go on logging into the run the checkpoint belongs to
 
     @staticmethod
     def _is_tensorboard(logger) -> bool:
@@ -179,12 +190,47 @@ class VGGLightningCLI(LightningCLI):
             if key in cfg.data and key not in RUNTIME_DATA_OPTIONS and not _given(self.raw_args, f"data.{key}"):
                 cfg.data[key] = value
 
+    def _check_checkpoint_fits_data(self) -> None:
+        """A checkpoint's classes must be the data's, in the same order: else metrics carry the wrong names, or
+        the weights do not even fit (another class count). One message, before any work."""
+        sub = self.subcommand
+        cfg = self.config[sub]
+        ckpt_path = cfg.get("ckpt_path")
+        if not ckpt_path or (sub == "predict" and cfg.data.get("predict_path")):
+            return  # no checkpoint, or predicting on files: the checkpoint's classes are the answer
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        saved = [unicodedata.normalize("NFC", str(n)) for n in ckpt.get("class_names") or []]
+        saved_count = len(saved) or (ckpt.get("hyper_parameters") or {}).get("num_classes")
+        dm = self.datamodule
+        count = dm.num_classes
+        names = dm.known_class_names()
+        names = [unicodedata.normalize("NFC", n) for n in names] if names is not None else None
+        if saved_count == count and (not saved or names is None or saved == names):
+            return
+        where = f"data.data_dir '{cfg.data.data_dir}' ({cfg.data.dataset})"
+        raise ConfigError(
+            f"the checkpoint {ckpt_path} was trained on other classes than {where} holds:\n"
+            f"  checkpoint ({saved_count}): {', '.join(saved) if saved else '(names not saved)'}\n"
+            f"  data       ({count}): {', '.join(names) if names is not None else '(names not read yet)'}\n"
+            "  Give the --data options of the run that trained it (its config.yaml), or another --ckpt_path."
+        )
+
+    def before_fit(self) -> None:
+        self._check_checkpoint_fits_data()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits_data()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_fits_data()
+
     @staticmethod
     def _is_global_zero() -> bool:
         return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
     # -- test: the project's table (TestReport) says it all; Lightning's own would repeat the same numbers -------
     def before_test(self) -> None:
+        self._check_checkpoint_fits_data()
         if not _given(self.raw_args, "verbose"):
             self.config_init["test"]["verbose"] = False
 
@@ -194,7 +240,7 @@ class VGGLightningCLI(LightningCLI):
         config = self.config_init[sub] if sub else self.config_init
         trainer = config["trainer"]
         own = [PredictionReport(), TestReport(), EpochSummary(), ValidationVisuals(), InterruptCheckpoint(),
-               RNGStates(), NonFiniteLossWatch()]  # fmt: skip
+               SignalGrace(), RNGStates(), NonFiniteLossWatch()]  # fmt: skip
         if trainer.get("enable_checkpointing") is not False:  # Lightning's switch: our checkpoints step aside
             own += [ModelCheckpoint(**dict(config["checkpoint"])), LastCheckpoint()]
         if trainer.get("logger"):
@@ -202,8 +248,15 @@ class VGGLightningCLI(LightningCLI):
         if sub == "fit" and trainer.get("max_time") is not None:
             own.append(TimeBudget(parse_duration(trainer["max_time"]), started=self.started))
             kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
+        elif sub == "fit" and config.get("ckpt_path") and _has_budget_plan(config["ckpt_path"]):
+            own.append(TimeBudget(None, started=self.started))  # resumed without max_time: the run's plan goes on
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
         return super().instantiate_trainer(**kwargs)
+
+
+def _has_budget_plan(ckpt_path: str) -> bool:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    return bool((state.get("TimeBudget") or {}).get("planned_steps"))
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True, started: Optional[float] = None) -> VGGLightningCLI:

@@ -8,9 +8,11 @@ into a cache (``image_folders``) and then take the same path.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
@@ -232,6 +234,15 @@ class CIFARDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return self.spec.num_classes if self.spec is not None else len(self._folder_class_names())
 
+    def known_class_names(self) -> Optional[list[str]]:
+        """The data's class names where they can be read without downloading or decoding anything, else None."""
+        if self.is_folder:
+            return self._folder_class_names()
+        root = find_root(self.data_dir, self.spec)
+        if root is None:
+            return None
+        return read_class_names(root / self.spec.meta_file, self.spec.names_key, self.num_classes)
+
     def _folder_class_names(self) -> list[str]:
         """train/'s class folder names, read once (DataError with the expected layout when unusable)."""
         if not self.class_names:
@@ -329,7 +340,7 @@ class CIFARDataModule(L.LightningDataModule):
         if need_train:
             val = self._load_folder_split("val", build=False)
             if val is None:
-                self.train_set, self.val_set = self.split(train.images, train.labels)
+                self.train_set, self.val_set = self.split_files(train.images, train.labels, train.files)
                 parts.append(f"{len(self.train_set[1]):,} train + {len(self.val_set[1]):,} val images (split off train/)")
             else:
                 self.train_set, self.val_set = (train.images, train.labels), (val.images, val.labels)
@@ -369,6 +380,25 @@ class CIFARDataModule(L.LightningDataModule):
             )
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val_idx, train_idx = order[:val_size], order[val_size:]
+        return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+    def split_files(self, images: torch.Tensor, labels: torch.Tensor, files: list[str]) -> tuple[Split, Split]:
+        """(train, val) of class-folder images, each file's side decided by a hash of its relative path and
+        ``split_seed``: the ``val_size`` files with the smallest hashes validate. Adding or removing a file moves
+        no other file, except that one file crosses over when the change falls inside the validation set (the set
+        keeps its size), so a resumed run does not train on the images it validated on before."""
+        val_size = self.hparams.val_size
+        if val_size >= len(labels):
+            raise ConfigError(
+                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images"
+                f" in {self.data_dir}"
+            )
+        seed = self.hparams.split_seed
+        # NFC: the same file gets the same side on macOS (NFD names) and elsewhere
+        keys = [hashlib.blake2b(f"{seed}\0{unicodedata.normalize('NFC', f)}".encode(), digest_size=8).digest() for f in files]
+        order = sorted(range(len(files)), key=keys.__getitem__)
+        val_idx = torch.tensor(sorted(order[:val_size]), dtype=torch.long)
+        train_idx = torch.tensor(sorted(order[val_size:]), dtype=torch.long)
         return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
     def _data_device(self) -> torch.device:

@@ -15,8 +15,9 @@ import re
 import sys
 import tempfile
 import time
+import unicodedata
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,8 @@ import torch
 from vgg_lightning.errors import DataError
 from vgg_lightning.images import decode_files, image_extensions
 
-CACHE_VERSION = 1
+# 2: large images shrunk while decoding (images.decode_image), 16-bit greyscale scaled
+CACHE_VERSION = 2
 LAYOUT = (
     "  Expected layout:\n"
     "    DIR/train/<class name>/<image files>   (required; class names are the folder names)\n"
@@ -41,7 +43,15 @@ def default_cache_dir() -> Path:
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: class_name(p.name)
+    )
+
+
+def class_name(folder_name: str) -> str:
+    """A class folder's name in Unicode NFC: macOS file systems hand out NFD ("e" + accent) where Linux keeps what
+    was written, and the same classes must get the same names and the same order (labels) everywhere."""
+    return unicodedata.normalize("NFC", folder_name)
 
 
 def class_names(data_dir: Path) -> list[str]:
@@ -50,7 +60,7 @@ def class_names(data_dir: Path) -> list[str]:
     if not train.is_dir():
         what = "does not exist" if not data_dir.exists() else "has no train/ folder"
         raise DataError(f"data.data_dir '{data_dir}' {what}.\n{LAYOUT}")
-    names = [p.name for p in _visible_dirs(train)]
+    names = [class_name(p.name) for p in _visible_dirs(train)]
     if len(names) < 2:
         raise DataError(
             f"{train} holds {len(names)} class folder{'s' if len(names) != 1 else ''}"
@@ -70,6 +80,7 @@ class FileList:
     mtimes: list[int]
     ignored: int  # non-image files (.txt, .DS_Store, ...)
     classes: list[int]  # labels of the class folders this split has
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)  # links not followed, and why
 
     def key(self, image_size: int) -> str:
         """Changes when a file is added, removed or changed, or the image size changes."""
@@ -84,32 +95,72 @@ def scan(split_dir: Path, names: list[str]) -> FileList:
     extensions = image_extensions()
     label_of = {n: i for i, n in enumerate(names)}
     found = _visible_dirs(split_dir)
-    unknown = [p.name for p in found if p.name not in label_of]
+    unknown = [p.name for p in found if class_name(p.name) not in label_of]
     if unknown:
         raise DataError(
             f"{split_dir} has class folders that train/ lacks: {', '.join(unknown)}.\n"
             f"  The classes are train/'s folders: {', '.join(names)}.\n{LAYOUT}"
         )
     files, labels, sizes, mtimes, ignored = [], [], [], [], 0
+    skipped: list[tuple[str, str]] = []
+    split_real = os.path.realpath(split_dir)
+    seen_dirs: set[str] = set()  # real paths of the folders scanned: a link to one is not followed again
+    seen_links: set[str] = set()  # real paths of linked files taken
     for folder in found:
-        label, pending = label_of[folder.name], [folder.name]
+        label, pending = label_of[class_name(folder.name)], [folder.name]
+        if folder.is_symlink() and (why := _unsafe_link(str(folder), split_real, seen_links)):
+            skipped.append((folder.name, why))
+            continue
         while pending:  # os.scandir, not Path.rglob: 50,000 files take 0.2 s instead of 0.9 s
             rel = pending.pop()
+            real = os.path.realpath(split_dir / rel)
+            if real in seen_dirs:
+                skipped.append((rel, "a link to a folder already scanned"))
+                continue
+            seen_dirs.add(real)
             with os.scandir(split_dir / rel) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
+                    path = f"{rel}/{entry.name}"
                     if entry.name.startswith("."):
                         ignored += not entry.is_dir()
-                    elif entry.is_dir():
-                        pending.append(f"{rel}/{entry.name}")
+                        continue
+                    if entry.is_symlink():
+                        why = _unsafe_link(entry.path, split_real, seen_links)
+                        if why:
+                            skipped.append((path, why))
+                            continue
+                    if entry.is_dir():
+                        pending.append(path)
                     elif os.path.splitext(entry.name)[1].lower() not in extensions:
                         ignored += 1
                     else:
-                        st = entry.stat()
-                        files.append(f"{rel}/{entry.name}")
+                        try:
+                            st = entry.stat()
+                        except OSError as e:  # removed while scanning, or unreadable
+                            skipped.append((path, e.strerror or str(e)))
+                            continue
+                        files.append(path)
                         labels.append(label)
                         sizes.append(st.st_size)
                         mtimes.append(st.st_mtime_ns)
-    return FileList(split_dir, files, labels, sizes, mtimes, ignored, [label_of[p.name] for p in found])
+    listing = FileList(split_dir, files, labels, sizes, mtimes, ignored, [label_of[class_name(p.name)] for p in found])
+    listing.skipped_links = skipped
+    return listing
+
+
+def _unsafe_link(link: str, split_real: str, seen: set[str]) -> str:
+    """Why a symbolic link inside a class folder is not followed ("" when it is safe to follow, once)."""
+    target = os.path.realpath(link)
+    if not os.path.exists(target):
+        return "a dangling link or a link loop"
+    if target == split_real or target.startswith(split_real + os.sep) or split_real.startswith(target + os.sep):
+        return f"a link into this data set's own folders ({target}): its images would count twice"
+    if not os.path.isdir(target):
+        if target in seen:
+            return f"a second link to {target}"
+        seen.add(target)
+    return ""
+
 
 
 @dataclass
@@ -250,6 +301,9 @@ def load_split(
     if not split_dir.is_dir():
         return None
     listing = scan(split_dir, names)
+    if build:  # said once (prepare_data runs once per node)
+        for rel, why in listing.skipped_links:
+            _say(f"skipped {split_dir / rel}: {why}")
     if not listing.files:
         raise DataError(f"{split_dir}: no image files in its class folders ({listing.ignored} other files).\n{LAYOUT}")
     key = listing.key(image_size)

@@ -7,9 +7,11 @@ Any format PIL reads, any size and mode: EXIF-rotated, converted to RGB, centre-
 from __future__ import annotations
 
 import glob
+import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Sequence
 
@@ -23,44 +25,97 @@ _POOL_MIN_FILES = 256
 _CHUNK = 500
 
 
-def image_extensions() -> set[str]:
-    """File endings PIL can open (``.jpg``, ``.png``, ``.webp``, ``.bmp``, ...), lower case."""
+# The raster formats the project decodes. PIL otherwise picks a decoder by the file's content, whatever its name:
+# a ".jpg" holding PostScript would go to Ghostscript (an interpreter) where it is installed.
+RASTER_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "ICO", "JPEG2000", "AVIF")
+# Decoded large images are first shrunk to about this many times the output side (then resized with antialiasing):
+# enough for a sharp result, and a 100-megapixel photo never lives in memory at full size more than once.
+_DRAFT_FACTOR = 3
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose does).
+_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}  # fmt: skip
+
+
+def raster_formats() -> tuple[str, ...]:
     from PIL import Image
 
     Image.init()
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return tuple(f for f in RASTER_FORMATS if f in Image.OPEN)
+
+
+def image_extensions() -> set[str]:
+    """File endings of the raster formats decoded (``.jpg``, ``.png``, ``.webp``, ``.bmp``, ...), lower case."""
+    from PIL import Image
+
+    formats = set(raster_formats())
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in formats}
 
 
 def find_files(pattern: str) -> list[Path]:
-    """A file, every file in a folder (recursively), or a glob's matches; sorted, hidden files left out."""
+    """A file, every file in a folder (recursively), or a glob's matches; sorted, hidden files left out (inside
+    the folder given: the path to it may pass through ``..`` or a hidden folder)."""
     path = Path(pattern).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()]
+        files = [p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))]
     else:
+        # glob's wildcards do not match names starting with a dot
         files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
-    files = sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(p.anchor).parts))
+    files.sort()
     if not files:
         raise DataError(f"data.predict_path '{pattern}': no such file, or no files in that folder or glob")
     return files
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def decode_image(path: Path, size: int = 32) -> np.ndarray:
     """uint8 (3, size, size): EXIF-rotated, converted to RGB, centre-cropped to a square, resized (antialiased).
 
-    Raises whatever PIL raises for a broken file, ``DecompressionBombError`` included."""
-    from PIL import Image, ImageOps
+    Only the raster formats in RASTER_FORMATS are opened. 16-bit images are scaled to 8 bits (not clipped). A large
+    image is shrunk while it is decoded (JPEG's DCT scaling) or right after (an integer box reduction), so memory
+    stays near one full-size copy at most. Raises whatever PIL raises for a broken file, ``DecompressionBombError``
+    and ``UnidentifiedImageError`` (another format) included."""
+    from PIL import Image
 
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        img = img.convert("RGB")  # palette, greyscale, RGBA, CMYK, 16-bit ... all to 8-bit RGB
-        side = min(img.size)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+    with Image.open(path, formats=raster_formats()) as src:
+        orientation = src.getexif().get(0x0112)
+        w, h = src.size
+        scale = _DRAFT_FACTOR * size / max(1, min(w, h))
+        if scale < 1:
+            src.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))  # JPEG only; else no-op
+        src.load()
+        img = src
+        factor = int(min(img.size) // (_DRAFT_FACTOR * size))
+        if factor >= 2 and img.mode not in ("P", "1"):
+            img = img.reduce(factor)  # a box filter: the full-size copy is freed when src closes
+        img = _to_8_bit(img)
+        if img is src:
+            img = src.copy()  # src's pixels go when the file closes
+    if orientation in _ORIENTATION:
+        img = img.transpose(getattr(Image.Transpose, _ORIENTATION[orientation]))
+    img = img.convert("RGB")  # palette, greyscale, RGBA, CMYK ... all to 8-bit RGB
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _to_8_bit(img):
+    """16-bit (and 32-bit integer) greyscale to 8 bits by scaling; PIL's convert would clip at 255 (nearly white)."""
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    values = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = values / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
 def load_image(path: Path, size: int = 32) -> torch.Tensor:
@@ -68,8 +123,8 @@ def load_image(path: Path, size: int = 32) -> torch.Tensor:
     return torch.from_numpy(decode_image(Path(path), size))
 
 
-def _decode_chunk(args: tuple[Sequence[str], int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Worker: decode files; (images of the readable ones, [(position, why) of the others])."""
+def _decode_chunk(args: tuple[Sequence[str], int]) -> tuple[np.ndarray, list[tuple[int, str]], int]:
+    """Worker: decode files; (images of the readable ones, [(position, why) of the others], number of files)."""
     paths, size = args
     out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     failed: list[tuple[int, str]] = []
@@ -80,7 +135,7 @@ def _decode_chunk(args: tuple[Sequence[str], int]) -> tuple[np.ndarray, list[tup
             failed.append((i, f"{type(e).__name__}: {e}"))
     keep = np.ones(len(paths), dtype=bool)
     keep[[i for i, _ in failed]] = False
-    return out[keep], failed
+    return out[keep], failed, len(paths)
 
 
 def decode_files(
@@ -88,25 +143,51 @@ def decode_files(
 ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
     """Decode ``files`` into (uint8 images (N, 3, size, size), positions of the decoded files, [(skipped, why)]).
 
-    ``workers`` processes (0: one per CPU core) decode chunks of files in parallel; the order is kept.
+    ``workers`` processes (0: one per CPU core) decode chunks of files in parallel; the order is kept. A worker
+    that dies (the system killed it for memory, a decoder crashed) loses its chunk, not the command: the chunks it
+    took down are decoded again in halves until the one file that kills a worker is found, named and skipped.
     """
-    chunks = [[str(p) for p in files[i : i + _CHUNK]] for i in range(0, len(files), _CHUNK)]
+    chunks = [(i, [str(p) for p in files[i : i + _CHUNK]]) for i in range(0, len(files), _CHUNK)]
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(files) >= _POOL_MIN_FILES:
-        # fork: the workers need only PIL and numpy, and start at once (as DataLoader workers do on Linux).
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            results = list(pool.map(_decode_chunk, [(c, size) for c in chunks]))
+        results = _decode_in_pool(chunks, size, workers)
     else:
-        results = [_decode_chunk((c, size)) for c in chunks]
+        results = {start: _decode_chunk((paths, size)) for start, paths in chunks}
     images, kept, skipped = [], [], []
-    for start, (decoded, failed) in zip(range(0, len(files), _CHUNK), results):
+    for start in sorted(results):
+        decoded, failed, count = results[start]
         bad = {i for i, _ in failed}
         images.append(decoded)
-        kept += [start + i for i in range(min(_CHUNK, len(files) - start)) if i not in bad]
+        kept += [start + i for i in range(count) if i not in bad]
         skipped += [(Path(files[start + i]), why) for i, why in failed]
     stacked = np.concatenate(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)
     return torch.from_numpy(stacked), kept, skipped
+
+
+def _decode_in_pool(chunks: list[tuple[int, list[str]]], size: int, workers: int) -> dict[int, tuple]:
+    """{chunk start: (images, failed, count)}, decoding in worker processes; see decode_files for lost workers."""
+    # fork: the workers need only PIL and numpy, and start at once (as DataLoader workers do on Linux).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    results: dict[int, tuple] = {}
+    while chunks:
+        lost: list[tuple[int, list[str]]] = []
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context(method)) as pool:
+            futures = [(start, paths, pool.submit(_decode_chunk, (paths, size))) for start, paths in chunks]
+            for start, paths, future in futures:
+                try:
+                    results[start] = future.result()
+                except BrokenProcessPool:  # every chunk not finished when the worker died lands here
+                    lost.append((start, paths))
+        chunks = []
+        for start, paths in lost:
+            if len(paths) == 1:
+                empty = np.zeros((0, 3, size, size), dtype=np.uint8)
+                why = "the decoding process died on it (out of memory, or a crash in the decoder)"
+                results[start] = (empty, [(0, why)], 1)
+            else:
+                half = len(paths) // 2
+                chunks += [(start, paths[:half]), (start + half, paths[half:])]
+    return results
 
 
 def load_images(

@@ -6,6 +6,7 @@ What keeps runs safe (RNG states, the non-finite loss watch) lives in ``reliabil
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -300,7 +301,7 @@ class VGGClassifier(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
         if h.schedule == "constant":
             return opt
-        total = self.schedule_steps or max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.schedule_steps or self._estimated_steps()
         if self.schedule_steps is None and self._resumed_total_steps not in (None, total):
             raise ConfigError(
                 f"the checkpoint's {h.schedule} schedule was sized for {self._resumed_total_steps} steps, this run's"
@@ -309,6 +310,20 @@ class VGGClassifier(L.LightningModule):
             )
         sched = schedules.build(opt, h.schedule, total, h.warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _estimated_steps(self) -> int:
+        """The schedule's length from max_epochs/max_steps; a time budget's placeholder when they set no end."""
+        from vgg_lightning.budget import UNPLANNED_STEPS, TimeBudget
+
+        estimated = self.trainer.estimated_stepping_batches
+        if math.isfinite(estimated):
+            return max(1, int(estimated))
+        if any(isinstance(cb, TimeBudget) for cb in self.trainer.callbacks):
+            return UNPLANNED_STEPS  # the budget's first plan, a few dozen steps in, sizes it
+        raise ConfigError(
+            f"the {self.hparams.schedule} schedule needs an end: give --trainer.max_epochs, --trainer.max_steps or"
+            " --trainer.max_time (or --model.schedule constant)"
+        )
 
     def schedule_length(self) -> Optional[int]:
         """The number of steps the running schedule is sized for now (None without a schedule)."""

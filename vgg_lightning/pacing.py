@@ -4,6 +4,9 @@ On a CPU an epoch takes a minute and drawing the figures 0.2-0.7 s, so they come
 epoch takes half a second, and the same figures every epoch would cost as much as training. So each extra runs
 when its own measured cost is at most ``share`` of the time since it last ran, and always at the end of training:
 the same rule gives "every epoch" on a CPU and "every few seconds" on a GPU.
+
+Under DDP each process has its own clock, so an extra that every rank takes part in (a checkpoint save waits for
+all ranks) takes rank 0's decision, broadcast: ranks that decided apart would wait for each other forever.
 """
 
 from __future__ import annotations
@@ -33,8 +36,13 @@ class Pace:
         self.total = 0.0  # seconds it took in all
         self.last = time.perf_counter()
 
-    def due(self, trainer: L.Trainer) -> bool:
-        return is_last_validation(trainer) or self.cost <= self.share * (time.perf_counter() - self.last)
+    def due(self, trainer: L.Trainer, all_ranks: bool = False) -> bool:
+        """Whether the extra should run now. ``all_ranks``: every rank calls this at the same point and gets rank 0's
+        answer (for extras that are collective operations, like saving a checkpoint)."""
+        due = is_last_validation(trainer) or self.cost <= self.share * (time.perf_counter() - self.last)
+        if all_ranks and trainer.world_size > 1:
+            due = bool(trainer.strategy.broadcast(due, src=0))
+        return due
 
     def ran(self, seconds: float) -> None:
         self.cost, self.last = seconds, time.perf_counter()

@@ -40,6 +40,12 @@ def silence_upstream_noise() -> None:
     # Lightning 2.6 still calls torch's deprecated LeafSpec() in its pytree helper; the FutureWarning is about
     # Lightning's code, which we cannot change, and the call works.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+    # Lightning's advice to sync epoch-level values under DDP: this project's epoch values are torchmetrics results,
+    # already summed over all processes; the per-rank ones (epoch time) are meant to be per rank.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`")
+    # validate/test/predict of a time-budgeted run's checkpoint: the budget is a training-only callback, so its saved
+    # state has nothing to restore there.
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`.*callbacks: \['TimeBudget'\]\.")
     # The model summary's size estimate assumes 32 bits for mixed precision, which is exactly the size of the
     # fp32 master weights that mixed precision keeps: the estimate is right for this project.
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary", category=UserWarning)

@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -42,7 +46,7 @@ class LastCheckpoint(ModelCheckpoint):
         self.pace = Pace(share)
 
     def _paced(self, hook, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.pace.due(trainer):
+        if trainer.sanity_checking or not self.pace.due(trainer, all_ranks=True):
             return
         t0 = time.perf_counter()
         hook(trainer, pl_module)
@@ -72,6 +76,74 @@ class InterruptCheckpoint(Callback):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class SignalGrace(Callback):
+    """Ends ``fit`` when a SIGTERM or Ctrl-C has not ended it within ``grace_s`` seconds.
+
+    Normally a signal ends the run at the next step, on every rank at the same step (Lightning broadcasts rank 0's
+    signal), after InterruptCheckpoint saved a checkpoint all ranks took part in. But Python runs signal handlers
+    only between bytecodes of the main thread: a process waiting in a collective operation for a rank that will
+    never join (a crashed or hung process) would ignore the signal forever. The signal's byte still reaches a pipe
+    (``signal.set_wakeup_fd``), which a thread watches; if the process is still there after the grace period it
+    says so, kills the rank processes it launched, and exits without a checkpoint (one could not be written with
+    a rank missing). ``VGG_LIGHTNING_STOP_GRACE_S`` sets the grace (default 60 s)."""
+
+    def __init__(self, grace_s: Optional[float] = None) -> None:
+        self.grace_s = float(os.environ.get("VGG_LIGHTNING_STOP_GRACE_S", 60)) if grace_s is None else grace_s
+        self._trainer: Optional[L.Trainer] = None
+        self._pipe: Optional[tuple[int, int]] = None
+        self._previous_fd = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._pipe is not None or threading.current_thread() is not threading.main_thread():
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        try:
+            self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except ValueError:  # not allowed here (another thread owns the signals)
+            os.close(read_fd), os.close(write_fd)
+            return
+        self._trainer, self._pipe = trainer, (read_fd, write_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True, name="signal-grace").start()
+
+    def _watch(self, read_fd: int) -> None:
+        stop_signals = {int(signal.SIGTERM), int(signal.SIGINT)}
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return  # teardown closed the pipe: the run ended
+            if stop_signals & set(data):
+                time.sleep(self.grace_s)
+                self._give_up()
+
+    def _give_up(self) -> None:
+        trainer = self._trainer
+        launcher = getattr(trainer.strategy, "launcher", None) if trainer is not None else None
+        for proc in getattr(launcher, "procs", None) or []:  # the other ranks this process started
+            with contextlib.suppress(Exception):
+                proc.kill()
+        rank = trainer.global_rank if trainer is not None else 0
+        sys.stderr.write(
+            f"\nrank {rank}: still running {self.grace_s:.0f} s after SIGTERM/Ctrl-C, waiting on another process that"
+            " does not answer; ended without a new checkpoint (it needs every process).\n"
+            "Resume from the last one with: python -m vgg_lightning fit --ckpt_path last\n"
+        )
+        sys.stderr.flush()
+        os._exit(128 + int(signal.SIGTERM))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._pipe is None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._previous_fd)
+        read_fd, write_fd = self._pipe
+        os.close(write_fd)  # the watching thread reads end-of-file and ends
+        self._pipe, self._trainer = None, None
 
 
 class RNGStates(Callback):

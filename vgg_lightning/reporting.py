@@ -53,9 +53,12 @@ class PredictionReport(Callback):
         self.labels.append(outputs["labels"])
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            probs, labels = self._gathered(trainer, pl_module)
+        elif self.probs:
+            probs, labels = torch.cat(self.probs), torch.cat(self.labels)
         if not self.probs or not trainer.is_global_zero:
             return
-        probs, labels = torch.cat(self.probs), torch.cat(self.labels)
         names = pl_module.class_names() if hasattr(pl_module, "class_names") else [str(i) for i in range(probs.shape[1])]
         top_p, top_i = probs.topk(min(3, probs.shape[1]), dim=1)
         dm = trainer.datamodule
@@ -77,6 +80,23 @@ class PredictionReport(Callback):
             acc = (preds == labels).float().mean().item()
             print(f"Accuracy of the network on the {len(labels)} test images: {100 * acc:.2f} %")
         print(f"Predictions written to {self.csv_path}")
+
+    def _gathered(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's predictions, in the data set's order, each image once (DDP gives each rank every
+        world_size-th image and pads the shards to equal length by repeating the first images)."""
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        index = loader.indices().cpu()
+        probs, labels = torch.cat(self.probs), torch.cat(self.labels)
+        index = index[: len(labels)]
+        device = pl_module.device  # NCCL gathers device tensors only
+        gathered = [trainer.strategy.all_gather(t.to(device)).cpu() for t in (probs, labels, index)]
+        probs, labels, index = (g.reshape(-1, *g.shape[2:]) for g in gathered)
+        order = torch.argsort(index, stable=True)
+        index, probs, labels = index[order], probs[order], labels[order]
+        first = torch.ones(len(index), dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]  # padding repeats an image: keep it once
+        return probs[first], labels[first]
 
     @staticmethod
     def _print_files(files, top_i, top_p, names, skipped, shown: int = 20) -> None:
@@ -109,13 +129,16 @@ class EpochSummary(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before the module's own hook logs and resets the training metrics.
         seconds = time.perf_counter() - self.start
-        pl_module.log("train/epoch_time_s", seconds, sync_dist=True)
+        # Each rank's own time, not synced: a synced value is reduced lazily, wherever it is first read, and only
+        # rank 0 reads it early (the progress bar), so the ranks would enter different collectives and hang.
+        pl_module.log("train/epoch_time_s", seconds)
         pl_module.log("train/images_per_s", self.images * trainer.world_size / max(seconds, 1e-9))
+        # Computed on every rank (a collective under DDP; torchmetrics keeps the result for the module's own hook).
+        train = pl_module.epoch_metrics("train") if hasattr(pl_module, "epoch_metrics") else {}
         if trainer.progress_bar_callback is not None or not trainer.is_global_zero:
             return
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        if hasattr(pl_module, "epoch_metrics"):
-            train = pl_module.epoch_metrics("train")
+        if train:
             parts += [f"train loss {float(train['train/loss']):.4f}", f"train acc {float(train['train/acc']):.4f}"]
         m = trainer.callback_metrics
         for key, label in (("val/loss", "val loss"), ("val/acc", "val acc")):

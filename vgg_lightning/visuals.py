@@ -99,6 +99,8 @@ class ValidationVisuals(Callback):
         return None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Rank 0 alone decides, collects and draws, with no collective operation in between (the forward pass
+        # below is the plain module's, not DDP's): the other ranks need not agree.
         self.images, self.preds, self.labels = None, [], []
         self.drawing = (
             not trainer.sanity_checking and trainer.is_global_zero and self._tensorboard(trainer) is not None
