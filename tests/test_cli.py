@@ -26,7 +26,18 @@ def workdir(tmp_path, monkeypatch):
 
 
 def test_fit_fast_dev_run(cifar10_dir, workdir):
-    assert main(["fit", *tiny(cifar10_dir, "--trainer.fast_dev_run", "2")]) == 0
+    from vgg_lightning.cli import build_cli
+
+    torch.manual_seed(0)
+    cli = build_cli(["fit", *tiny(cifar10_dir, "--trainer.fast_dev_run", "2")], run=False)
+    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 2  # two training batches ...
+    assert cli.model.last_report["stage"] == "val" and cli.model.last_report["num_images"] == 32  # ... two val batches
+    changed = [k for k, v in cli.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.endswith("weight") for k in changed)  # it trained
+    assert not (workdir / "lightning_logs").exists()  # fast_dev_run writes no logs or checkpoints
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.fast_dev_run", "2")]) == 0  # and the command itself
 
 
 def test_cifar100_links_num_classes(cifar100_dir, workdir):

@@ -77,22 +77,55 @@ def test_each_rank_gets_its_own_shard(monkeypatch):
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
+class FakeTrainer:
+    training = True
+
+
+def as_uint8(batch: torch.Tensor, dm) -> torch.Tensor:
+    """Undo the normalization of a transferred batch."""
+    mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
+    return ((batch * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``img`` moved by (dy, dx) with zeros coming in: what a crop of the zero-padded image gives."""
+    out = torch.zeros_like(img)
+    h, w = img.shape[-2:]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    return out
+
+
+def transfer(dm, x, y, training=True):
+    trainer = FakeTrainer()
+    trainer.training = training
+    dm.trainer = trainer
+    out, _ = dm.on_after_batch_transfer((x, y), 0)
+    return out
+
+
 def test_training_batches_are_augmented_on_transfer(cifar10_dir):
     dm = split(cifar10_dir)
-
-    class FakeTrainer:
-        training = True
-
     x, y = next(iter(dm.train_dataloader()))
-    dm.trainer = FakeTrainer()
     torch.manual_seed(0)
-    aug, _ = dm.on_after_batch_transfer((x, y), 0)
-    FakeTrainer.training = False
-    plain, _ = dm.on_after_batch_transfer((x, y), 0)
+    aug = transfer(dm, x, y)
+    plain = transfer(dm, x, y, training=False)
     assert aug.dtype == plain.dtype == torch.float32 and aug.shape == plain.shape == (32, 3, 32, 32)
-    assert not torch.equal(aug, plain)
     mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
-    assert torch.allclose(plain, (x.float() / 255 - mean) / std, atol=1e-5)
+    assert torch.allclose(plain, (x.float() / 255 - mean) / std, atol=1e-5)  # evaluation: normalized only
+    # Training: each image is a 4-pixel-padded crop of itself, mirrored or not; both kinds occur.
+    got = as_uint8(aug, dm)
+    moves = [(dy, dx, flip) for dy in range(-4, 5) for dx in range(-4, 5) for flip in (False, True)]
+    found = []
+    for img, out in zip(x, got):
+        match = [m for m in moves if torch.equal(shifted(img.flip(2) if m[2] else img, m[0], m[1]), out)]
+        assert match, "a training image is not a shifted (and maybe mirrored) copy of its source"
+        found.append(match[0])
+    assert any(f for _, _, f in found) and not all(f for _, _, f in found)
+    assert len({(dy, dx) for dy, dx, _ in found}) > 5  # crops vary per image
+    torch.manual_seed(0)
+    assert torch.equal(transfer(dm, x, y), aug)  # seeded
 
 
 def _mirrored_by_label(loader, images):
@@ -125,8 +158,21 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
 
 
 def test_alternate_flip_option(cifar10_dir):
-    dm = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=50, batch_size=32, flip="alternate")
+    dm = CIFARDataModule(
+        data_dir=str(cifar10_dir), download=False, val_size=50, batch_size=32, flip="alternate", crop_padding=0
+    )
     dm.setup("fit")
-    assert dm.train_dataloader().alternate_flip and not dm.val_dataloader().alternate_flip
+    loader = dm.train_dataloader()
+    assert loader.alternate_flip and not dm.val_dataloader().alternate_flip
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        mirrored = loader.mirrored()
+        for (x, y), idx in zip(loader, loader.indices().split(32)):
+            out = as_uint8(transfer(dm, x, y), dm)
+            source = dm.train_set[0][idx]
+            # the images the loader's flags name are mirrored, the others not, and the transfer adds no flip
+            expected = torch.where(mirrored[idx][:, None, None, None], source.flip(3), source)
+            assert torch.equal(out, expected)
     with pytest.raises(ConfigError, match="data.flip"):
         CIFARDataModule(data_dir=str(cifar10_dir), flip="sometimes")
+

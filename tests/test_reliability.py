@@ -173,8 +173,10 @@ def test_seeded_runs_are_identical(cifar10_dir, tmp_path, monkeypatch):
 
 def test_ddp_on_two_cpu_processes(cifar10_dir, tmp_path):
     url, md5 = mirror(cifar10_dir, tmp_path)
+    # The user's defaults (progress bar, logger, checkpoints): the bar alone once made the ranks hang.
     args = [
-        "fit", *tiny(tmp_path / "data_ddp", "--trainer.max_epochs", "1"),
+        "fit", "--data.data_dir", str(tmp_path / "data_ddp"), "--data.val_size", "40", "--data.batch_size", "16",
+        "--model.arch", "vgg11", "--model.width", "0.125", "--trainer.max_epochs", "1",
         "--data.download", "true", "--data.archive_url", url, "--data.archive_md5", md5,
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.callbacks", "tests.helpers.RecordRank",

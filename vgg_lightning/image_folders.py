@@ -118,6 +118,7 @@ def scan(split_dir: Path, names: list[str]) -> FileList:
                 skipped.append((rel, "a link to a folder already scanned"))
                 continue
             seen_dirs.add(real)
+            linked_in = not (real == split_real or real.startswith(split_real + os.sep))  # reached through a link
             with os.scandir(split_dir / rel) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
                     path = f"{rel}/{entry.name}"
@@ -134,6 +135,12 @@ def scan(split_dir: Path, names: list[str]) -> FileList:
                     elif os.path.splitext(entry.name)[1].lower() not in extensions:
                         ignored += 1
                     else:
+                        if linked_in and not entry.is_symlink():
+                            target = os.path.join(real, entry.name)
+                            if target in seen_links:
+                                skipped.append((path, f"a second link to {target}"))
+                                continue
+                            seen_links.add(target)
                         try:
                             st = entry.stat()
                         except OSError as e:  # removed while scanning, or unreadable

@@ -23,9 +23,15 @@ def seed_lines(labels: torch.Tensor, preds: torch.Tensor, names: list[str], coun
     ]
 
 
-def write_into_run(trainer: L.Trainer, name: str, text: str) -> Path:
-    """Write ``text`` to ``name`` in the run's folder (the working directory without a logger), atomically."""
-    out_dir = Path(trainer.log_dir) if trainer.log_dir else Path(".")
+def run_folder(trainer: L.Trainer) -> Path:
+    """The run's folder (the working directory without a logger). Under DDP reading ``trainer.log_dir`` is a
+    broadcast: every rank must call this, not rank 0 alone."""
+    log_dir = trainer.log_dir
+    return Path(log_dir) if log_dir else Path(".")
+
+
+def write_into_run(out_dir: Path, name: str, text: str) -> Path:
+    """Write ``text`` to ``name`` in ``out_dir``, atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / name
     tmp = path.with_name(name + ".tmp")
@@ -57,6 +63,7 @@ class PredictionReport(Callback):
             probs, labels = self._gathered(trainer, pl_module)
         elif self.probs:
             probs, labels = torch.cat(self.probs), torch.cat(self.labels)
+        out_dir = run_folder(trainer)
         if not self.probs or not trainer.is_global_zero:
             return
         names = pl_module.class_names() if hasattr(pl_module, "class_names") else [str(i) for i in range(probs.shape[1])]
@@ -70,7 +77,7 @@ class PredictionReport(Callback):
             top3 = ";".join(f"{names[c]}:{p:.4f}" for c, p in zip(top_i[i].tolist(), top_p[i].tolist()))
             row = [str(files[i]) if files else i, names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3]
             w.writerow(row if files else [*row, names[labels[i]]])
-        self.csv_path = write_into_run(trainer, "predictions.csv", table.getvalue())
+        self.csv_path = write_into_run(out_dir, "predictions.csv", table.getvalue())
         if files:
             self._print_files(files, top_i, top_p, names, getattr(dm, "skipped_files", []))
         else:
@@ -171,10 +178,11 @@ class TestReport(Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report = dict(getattr(pl_module, "last_report", {}) or {})
+        out_dir = run_folder(trainer)
         if report.get("stage") != "test" or not trainer.is_global_zero:
             return
         print(format_report(report), flush=True)
         report.pop("stage")
         report["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
-        self.json_path = write_into_run(trainer, "test_metrics.json", json.dumps(report, indent=2))
+        self.json_path = write_into_run(out_dir, "test_metrics.json", json.dumps(report, indent=2))
         print(f"Test metrics written to {self.json_path}", flush=True)

@@ -1,0 +1,152 @@
+"""DDP on two CPU processes (gloo), run as a user runs it: progress bar, logger and checkpoints on."""
+
+import csv
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vgg_lightning.cli import main
+from vgg_lightning.runlog import read_scalars
+
+from .test_cli import tiny
+from .test_reliability import run_cli, wait_for
+
+DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+def ddp_args(data_dir, *extra):
+    """The tiny net and data, with the user's defaults for everything else (progress bar, logger, checkpoints)."""
+    return [
+        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
+        "--data.batch_size", "16", "--model.arch", "vgg11", "--model.width", "0.125", *DDP, *extra,
+    ]  # fmt: skip
+
+
+def finish(proc, timeout=240):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except Exception:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the run did not end in {timeout} s:\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def ranks(tmp_path):
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):
+    started = time.monotonic()
+    args = ["fit", *ddp_args(cifar10_dir, "--trainer.max_time", "00:00:00:40", "--trainer.max_epochs", "1000",
+                             "--model.lr", "0.05", "--trainer.callbacks", "tests.helpers.RecordRank")]  # fmt: skip
+    _, err = finish(run_cli(args, tmp_path))
+    took = time.monotonic() - started
+    assert took <= 1.05 * 40, took  # inside the budget, child start-up included
+    assert "budget 40.0 s: " in err and "the planned budget of 40.0 s ended the run" in err
+    a, b = ranks(tmp_path)
+    assert a["global_step"] == b["global_step"] > 30  # one plan: both ranks stopped at the same step
+    assert a["lr"] == b["lr"] == [pytest.approx(0.05 / 25 / 1e4, rel=1e-3)] * 2  # annealed on both
+    run = tmp_path / "lightning_logs" / "version_0"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == a["global_step"]
+    assert read_scalars(run)["lr-SGD/pg1"][-1][1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-3)
+
+
+def test_ddp_paced_checkpoints_over_many_short_epochs(cifar10_dir, tmp_path):
+    # 5 steps an epoch per rank, 15 epochs: last.ckpt and figures decided every fraction of a second
+    args = ["fit", *ddp_args(cifar10_dir, "--trainer.max_epochs", "15", "--trainer.callbacks", "tests.helpers.RecordRank")]
+    finish(run_cli(args, tmp_path))
+    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 75 and last["epoch"] == 14
+    assert [r["global_step"] for r in ranks(tmp_path)] == [75, 75]
+
+
+def write_pngs(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        colour = rng.integers(0, 256, size=3)
+        pixels = np.clip(colour + rng.integers(-30, 30, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+        paths.append(folder / f"img_{i:02d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_ddp_predict_writes_each_file_once_with_its_own_prediction(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3")]) == 0
+    run = tmp_path / "lightning_logs" / "version_0"
+    write_pngs(tmp_path / "photos", 13)  # odd: the second rank's shard is padded with a repeated image
+    predict = ["predict", "--ckpt_path", "last", "--data.predict_path", "photos", "--data.batch_size", "4"]
+    assert main([*predict, "--trainer.enable_progress_bar", "false"]) == 0
+    single = read_rows(run / "predictions.csv")
+    (run / "predictions.csv").unlink()
+    finish(run_cli([*predict, *DDP], tmp_path))
+    double = read_rows(run / "predictions.csv")
+    assert len(single) == len(double) == 13
+    assert [r["path"] for r in double] == [r["path"] for r in single]  # each file once, in order
+    for one, two in zip(single, double):
+        assert one["predicted"] == two["predicted"]
+        assert float(one["probability"]) == pytest.approx(float(two["probability"]), abs=1e-4)
+
+
+def test_ddp_sigterm_saves_a_checkpoint_all_ranks_take_part_in(cifar10_dir, tmp_path):
+    # batch 4: 20 steps an epoch per rank, so the signal lands mid-epoch
+    proc = run_cli(["fit", *ddp_args(cifar10_dir, "--data.batch_size", "4", "--trainer.max_epochs", "20")], tmp_path)
+    ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    wait_for(ckpt, proc, timeout=180)
+    first = torch.load(ckpt, weights_only=True)["global_step"]
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM: saved a resumable checkpoint" in err
+    stopped = torch.load(ckpt, weights_only=True)["global_step"]
+    assert first < stopped < 400
+
+
+def test_ddp_sigterm_ends_a_run_whose_rank_hangs(cifar10_dir, tmp_path):
+    args = ["fit", *ddp_args(cifar10_dir, "--trainer.max_epochs", "20", "--trainer.callbacks", "tests.helpers.BlockRank1")]
+    proc = run_cli(args, tmp_path, extra_env={"VGG_LIGHTNING_STOP_GRACE_S": "5"})
+    marker = tmp_path / "stuck"
+    wait_for(marker, proc, timeout=180)
+    time.sleep(0.5)
+    while not marker.read_text():
+        time.sleep(0.05)
+    stuck_pid = int(marker.read_text())
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except Exception:
+        proc.kill()
+        os.kill(stuck_pid, signal.SIGKILL)
+        raise AssertionError("SIGTERM did not end a run with a hung rank within 60 s")
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "after SIGTERM/Ctrl-C, waiting on another process" in err
+    time.sleep(0.5)
+    assert not alive(stuck_pid)  # the hung rank was ended too
+
+
+def alive(pid: int) -> bool:
+    """Running (a killed process whose parent is gone may linger as a zombie until it is reaped: not running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
