@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all fit bench tensorboard clean-logs clean
+.PHONY: help install lint format test test-all fit bench tensorboard clean-logs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,14 @@ $(STAMP): pyproject.toml | $(PY)
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with its test extra (skipped when up to date)
+
+lint: $(STAMP)  ## check formatting and lint with ruff (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## format the code and fix what ruff can fix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: $(STAMP)  ## run the test suite (fast tests; slow ones with make test-all)
 	$(PY) -m pytest -m "not slow" $(ARGS)

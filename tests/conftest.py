@@ -40,7 +40,9 @@ def write_cifar10(root: Path, per_batch: int = 40, test: int = 40, seed: int = 0
                 "filenames": [f"img_{i:05d}.png" for i in range(n)],
             },
         )
-    write_pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    write_pickle(
+        folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072}
+    )
     return folder
 
 
@@ -62,7 +64,10 @@ def write_cifar100(root: Path, train: int = 120, test: int = 40, seed: int = 0) 
         )
     write_pickle(
         folder / "meta",
-        {"fine_label_names": [f"class_{i}" for i in range(100)], "coarse_label_names": [f"super_{i}" for i in range(20)]},
+        {
+            "fine_label_names": [f"class_{i}" for i in range(100)],
+            "coarse_label_names": [f"super_{i}" for i in range(20)],
+        },
     )
     return folder
 

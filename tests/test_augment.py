@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from vgg_lightning.augment import cutout, normalize, random_crop, random_flip, train_augment
+from vgg_lightning.data.augment import cutout, normalize, random_crop, random_flip, train_augment
 
 
 def batch(n=16, seed=0):

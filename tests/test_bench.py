@@ -23,7 +23,12 @@ def test_gpu_report_commands_parse(tmp_path):
     commands = runs(str(tmp_path))
     assert set(commands) == {"bench_fused", "bench_unfused", "fit_fast", "fit_default", "fit_seed"}
     for name in ("fit_fast", "fit_seed"):
-        r = subprocess.run([sys.executable, *commands[name], "--print_config"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, *commands[name], "--print_config"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
-        assert "dataset: folder" in r.stdout and "vgg_lightning.timing.PhaseTimer" in r.stdout
+        assert "dataset: folder" in r.stdout and "vgg_lightning.callbacks.timing.PhaseTimer" in r.stdout

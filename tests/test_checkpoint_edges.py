@@ -4,7 +4,6 @@ earlier state of a run, evaluating a budgeted run."""
 import shutil
 import unicodedata
 
-import pytest
 import torch
 
 from vgg_lightning import checkpoints

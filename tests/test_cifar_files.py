@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from vgg_lightning.cifar_files import SPECS, DataError, download_and_extract, find_root, load_pickle, read_batches
-from vgg_lightning.datamodule import CIFARDataModule
+from vgg_lightning.data.cifar_files import SPECS, DataError, download_and_extract, find_root, load_pickle, read_batches
+from vgg_lightning.data.datamodule import ImageDataModule
 
 from .conftest import write_pickle
 
 
 def test_reads_cifar10(cifar10_dir):
-    dm = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=50)
+    dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=50)
     dm.setup("fit")
     dm.setup("test")
     images, labels = dm.train_set
@@ -35,7 +35,7 @@ def test_pixels_keep_the_official_layout(tmp_path):
 
 
 def test_reads_cifar100(cifar100_dir):
-    dm = CIFARDataModule(dataset="cifar100", data_dir=str(cifar100_dir), download=False, val_size=20)
+    dm = ImageDataModule(dataset="cifar100", data_dir=str(cifar100_dir), download=False, val_size=20)
     dm.setup("fit")
     assert dm.num_classes == 100 and len(dm.class_names) == 100
     assert dm.train_set[0].shape == (100, 3, 32, 32)
@@ -56,7 +56,7 @@ def test_accepts_the_batch_folder_itself(cifar10_dir):
 def test_broken_files_name_the_file(cifar10_dir, content, message):
     bad = cifar10_dir / "cifar-10-batches-py" / "data_batch_3"
     bad.write_bytes(content)
-    dm = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=50)
+    dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=50)
     with pytest.raises(DataError, match=message) as e:
         dm.setup("fit")
     assert "data_batch_3" in str(e.value)
@@ -66,7 +66,7 @@ def test_truncated_real_file_names_the_file(cifar10_dir):
     path = cifar10_dir / "cifar-10-batches-py" / "data_batch_2"
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(DataError, match="data_batch_2.*corrupt or truncated"):
-        CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=50).setup("fit")
+        ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=50).setup("fit")
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_misshaped_batches(tmp_path, batch, message):
 def test_missing_meta_is_reported(cifar10_dir):
     (cifar10_dir / "cifar-10-batches-py" / "batches.meta").unlink()
     with pytest.raises(DataError, match="batches.meta"):
-        CIFARDataModule(data_dir=str(cifar10_dir), download=False).prepare_data()
+        ImageDataModule(data_dir=str(cifar10_dir), download=False).prepare_data()
 
 
 class _Exploit:

@@ -13,10 +13,24 @@ from vgg_lightning.module import VGGClassifier
 
 def tiny(data_dir, *extra):
     return [
-        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
-        "--data.batch_size", "16", "--model.arch", "vgg11", "--model.width", "0.125",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
-    ]  # fmt: skip
+        "--data.data_dir",
+        str(data_dir),
+        "--data.download",
+        "false",
+        "--data.val_size",
+        "40",
+        "--data.batch_size",
+        "16",
+        "--model.arch",
+        "vgg11",
+        "--model.width",
+        "0.125",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -29,7 +43,7 @@ def test_fit_fast_dev_run(cifar10_dir, workdir):
     from vgg_lightning.cli import build_cli
 
     torch.manual_seed(0)
-    cli = build_cli(["fit", *tiny(cifar10_dir, "--trainer.fast_dev_run", "2")], run=False)
+    cli = build_cli(tiny(cifar10_dir, "--trainer.fast_dev_run", "2"), run=False)
     before = {k: v.clone() for k, v in cli.model.state_dict().items()}
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 2  # two training batches ...
@@ -41,8 +55,19 @@ def test_fit_fast_dev_run(cifar10_dir, workdir):
 
 
 def test_cifar100_links_num_classes(cifar100_dir, workdir):
-    args = tiny(cifar100_dir, "--data.dataset", "cifar100", "--data.val_size", "20", "--trainer.max_epochs", "1",
-                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1")  # fmt: skip
+    args = tiny(
+        cifar100_dir,
+        "--data.dataset",
+        "cifar100",
+        "--data.val_size",
+        "20",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    )
     assert main(["fit", *args]) == 0
     model = VGGClassifier.load_from_checkpoint(workdir / "lightning_logs/version_0/checkpoints/last.ckpt")
     assert model.hparams.num_classes == 100
@@ -97,7 +122,7 @@ def test_evaluate_and_predict_from_checkpoints(trained_run, cifar10_dir, capsys)
 
 def test_resume_from_last(cifar10_dir, workdir):
     args = tiny(cifar10_dir, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
-    assert main(["fit", *args, "--trainer.callbacks", "tests.helpers.StopAfterEpoch"]) == 0
+    assert main(["fit", *args, "--trainer.callbacks+=tests.helpers.StopAfterEpoch"]) == 0
     last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     before = torch.load(last, weights_only=True)
     assert before["global_step"] == 3 and before["epoch"] == 0  # saved at the end of epoch 0's validation
@@ -174,7 +199,7 @@ def test_data_dir_that_is_a_file(workdir):
 
 def test_resume_with_another_schedule_length_is_refused(cifar10_dir, workdir, capsys):
     args = tiny(cifar10_dir, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
-    assert main(["fit", *args, "--trainer.callbacks", "tests.helpers.StopAfterEpoch"]) == 0
+    assert main(["fit", *args, "--trainer.callbacks+=tests.helpers.StopAfterEpoch"]) == 0
     longer = tiny(cifar10_dir, "--trainer.max_epochs", "5", "--trainer.limit_train_batches", "3")
     assert main(["fit", *longer, "--ckpt_path", "last"]) == 2
     err = capsys.readouterr().err
@@ -182,6 +207,8 @@ def test_resume_with_another_schedule_length_is_refused(cifar10_dir, workdir, ca
 
 
 def test_fit_without_a_logger(cifar10_dir, workdir):
-    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.logger", "false")
+    args = tiny(
+        cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.logger", "false"
+    )
     assert main(["fit", *args]) == 0
     assert (workdir / "checkpoints" / "last.ckpt").is_file() and not (workdir / "lightning_logs").exists()

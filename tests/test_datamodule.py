@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from vgg_lightning import datamodule as dm_mod
-from vgg_lightning.datamodule import CIFARDataModule, ConfigError, TensorBatchLoader
+from vgg_lightning.data import loader as loader_mod
+from vgg_lightning.data.datamodule import ConfigError, ImageDataModule
+from vgg_lightning.data.loader import TensorBatchLoader
 
 
 def split(data_dir, seed=0, val_size=50):
-    dm = CIFARDataModule(data_dir=str(data_dir), download=False, val_size=val_size, split_seed=seed, batch_size=32)
+    dm = ImageDataModule(data_dir=str(data_dir), download=False, val_size=val_size, split_seed=seed, batch_size=32)
     dm.setup("fit")
     return dm
 
@@ -21,7 +22,7 @@ def test_split_is_disjoint_complete_and_seeded(cifar10_dir):
     train, val = keys(a.train_set[0]), keys(a.val_set[0])
     assert len(a.val_set[1]) == 50 and len(a.train_set[1]) == 150
     assert not train & val
-    dm_all = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=1)
+    dm_all = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=1)
     dm_all.setup("fit")
     everything = keys(dm_all.train_set[0]) | keys(dm_all.val_set[0])
     assert train | val == everything and len(everything) == 200
@@ -44,7 +45,7 @@ def test_data_dir_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
-        CIFARDataModule(data_dir=str(f))
+        ImageDataModule(data_dir=str(f))
 
 
 def test_loader_batches_and_epochs():
@@ -68,7 +69,7 @@ def test_each_rank_gets_its_own_shard(monkeypatch):
     images = torch.zeros(103, 3, 32, 32, dtype=torch.uint8)
     shards = []
     for rank in range(2):
-        monkeypatch.setattr(dm_mod, "_rank_and_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(loader_mod, "_rank_and_world", lambda rank=rank: (rank, 2))
         loader = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=0)
         loader.set_epoch(5)
         shards.append(torch.cat([y for _, y in loader]))
@@ -158,7 +159,7 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
 
 
 def test_alternate_flip_option(cifar10_dir):
-    dm = CIFARDataModule(
+    dm = ImageDataModule(
         data_dir=str(cifar10_dir), download=False, val_size=50, batch_size=32, flip="alternate", crop_padding=0
     )
     dm.setup("fit")
@@ -174,5 +175,4 @@ def test_alternate_flip_option(cifar10_dir):
             expected = torch.where(mirrored[idx][:, None, None, None], source.flip(3), source)
             assert torch.equal(out, expected)
     with pytest.raises(ConfigError, match="data.flip"):
-        CIFARDataModule(data_dir=str(cifar10_dir), flip="sometimes")
-
+        ImageDataModule(data_dir=str(cifar10_dir), flip="sometimes")

@@ -13,8 +13,9 @@ from .test_cli import tiny
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_first_screen_is_the_users_run(cifar10_dir, tmp_path):
@@ -46,8 +47,15 @@ def test_help_names_the_command(tmp_path):
 
 def test_default_root_dir_moves_runs(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                "--trainer.default_root_dir", "runs")  # fmt: skip
+    args = tiny(
+        cifar10_dir,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.default_root_dir",
+        "runs",
+    )
     assert main(["fit", *args]) == 0
     assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "lightning_logs").exists()
@@ -75,15 +83,22 @@ def test_evaluation_defaults_to_the_newest_best_and_says_so(cifar10_dir, tmp_pat
 
 def test_checkpointing_off_is_respected(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                "--trainer.enable_checkpointing", "false")  # fmt: skip
+    args = tiny(
+        cifar10_dir,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_checkpointing",
+        "false",
+    )
     assert main(["fit", *args]) == 0
     assert (tmp_path / "lightning_logs" / "version_0").is_dir()
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_loader_state_resumes_mid_epoch():
-    from vgg_lightning.datamodule import TensorBatchLoader
+    from vgg_lightning.data.loader import TensorBatchLoader
 
     images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
     labels = torch.arange(100)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vgg_lightning import image_folders
 from vgg_lightning.cli import main
-from vgg_lightning.datamodule import CIFARDataModule
+from vgg_lightning.data import image_folders
+from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import DataError
 
 # Each class has its own colour, so a net can learn the tree.
@@ -35,7 +35,9 @@ def write_tree(root: Path, split: str, per_class: int, classes=tuple(COLOURS), s
             if mode == "RGBA":
                 ext = "png"
             size = (33 + (i * 7) % 30, 32 + (i * 11) % 40)
-            write_image(root / split / name / f"{i:03d}.{ext}", COLOURS[name], size, mode, seed=seed * 1000 + c * 100 + i)
+            write_image(
+                root / split / name / f"{i:03d}.{ext}", COLOURS[name], size, mode, seed=seed * 1000 + c * 100 + i
+            )
     return root
 
 
@@ -50,9 +52,9 @@ def tree(tmp_path) -> Path:
     return root
 
 
-def dm_for(root: Path, tmp_path: Path, **kwargs) -> CIFARDataModule:
+def dm_for(root: Path, tmp_path: Path, **kwargs) -> ImageDataModule:
     kwargs = {"val_size": 6, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
-    return CIFARDataModule(dataset="folder", data_dir=str(root), **kwargs)
+    return ImageDataModule(dataset="folder", data_dir=str(root), **kwargs)
 
 
 def test_classes_labels_and_decoding(tree, tmp_path, capsys):
@@ -77,7 +79,7 @@ def test_classes_labels_and_decoding(tree, tmp_path, capsys):
 
 
 def test_grey_images_become_three_equal_channels(tmp_path):
-    from vgg_lightning.images import load_image
+    from vgg_lightning.data.images import load_image
 
     write_image(tmp_path / "g.png", (100, 150, 200), (50, 37), mode="L")
     x = load_image(tmp_path / "g.png", 32)
@@ -198,10 +200,26 @@ def test_layout_errors_name_the_folder(tmp_path):
 
 def tiny_folder_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--data.dataset", "folder", "--data.data_dir", str(root), "--data.val_size", "6", "--data.batch_size", "8",
-        "--data.cache_dir", str(tmp_path / "cache"), "--model.arch", "vgg11", "--model.width", "0.125",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
-    ]  # fmt: skip
+        "--data.dataset",
+        "folder",
+        "--data.data_dir",
+        str(root),
+        "--data.val_size",
+        "6",
+        "--data.batch_size",
+        "8",
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--model.arch",
+        "vgg11",
+        "--model.width",
+        "0.125",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
 
 
 def test_cli_fit_validate_test_predict_on_folders(tree, tmp_path, monkeypatch, capsys):

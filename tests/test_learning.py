@@ -30,9 +30,18 @@ def test_learns_class_colours(tmp_path, monkeypatch):
 def test_real_cifar_subset(tmp_path, monkeypatch):
     """cpu.yaml for 6 epochs on 7,000 real CIFAR-10 images: measured 50-60% here; chance is 10%."""
     monkeypatch.chdir(tmp_path)
-    common = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "cpu.yaml"),
-              "--data.data_dir", str(SUBSET), "--data.download", "false", "--data.val_size", "1000",
-              "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    common = [
+        "--config",
+        str(Path(__file__).resolve().parents[1] / "configs" / "cpu.yaml"),
+        "--data.data_dir",
+        str(SUBSET),
+        "--data.download",
+        "false",
+        "--data.val_size",
+        "1000",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     assert main(["fit", *common, "--trainer.max_epochs", "6"]) == 0
     assert main(["test", *common, "--ckpt_path", "best"]) == 0
     report = json.loads((tmp_path / "lightning_logs" / "version_0" / "test_metrics.json").read_text())

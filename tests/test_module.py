@@ -45,8 +45,17 @@ def test_ema_is_trained_saved_and_used(cifar10_dir, tmp_path, monkeypatch):
 def test_runtime_options_on_the_command_line_beat_the_checkpoint(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "lightning_logs" / "version_0"
-    fit_args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--model.width", "0.25",
-                    "--model.tta_flip", "false")  # fmt: skip
+    fit_args = tiny(
+        cifar10_dir,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--model.width",
+        "0.25",
+        "--model.tta_flip",
+        "false",
+    )
     assert main(["fit", *fit_args]) == 0
     # No --model.width here: the architecture comes from the checkpoint; --model.tta_flip from the command line.
     args = [a for a in tiny(cifar10_dir, "--ckpt_path", "last", "--model.tta_flip", "true") if a != "0.125"]
@@ -61,7 +70,7 @@ def test_runtime_options_on_the_command_line_beat_the_checkpoint(cifar10_dir, tm
 def test_tta_final_mirrors_only_the_last_validation_of_fit(cifar10_dir, tmp_path, monkeypatch):
     import lightning as L
 
-    from vgg_lightning.datamodule import CIFARDataModule
+    from vgg_lightning.data.datamodule import ImageDataModule
 
     seen = []
     real = VGGClassifier.tta_now
@@ -78,19 +87,30 @@ def test_tta_final_mirrors_only_the_last_validation_of_fit(cifar10_dir, tmp_path
             trainer.should_stop = trainer.should_stop or trainer.global_step == 3
 
     def run(*callbacks, **limits):
-        dm = CIFARDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
+        dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
         model = VGGClassifier(arch="vgg11", width=0.125, tta_flip="final")
-        trainer = L.Trainer(default_root_dir=tmp_path, limit_train_batches=2, limit_val_batches=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=list(callbacks), **limits)  # fmt: skip
+        trainer = L.Trainer(
+            default_root_dir=tmp_path,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=list(callbacks),
+            **limits,
+        )
         trainer.fit(model, dm)
         return trainer, model, dm
 
     seen.clear()
     run(max_epochs=3)
     assert [(sanity, epoch, used) for _, sanity, epoch, used in seen] == [
-        (True, 0, False), (False, 0, False), (False, 1, False), (False, 2, True)
-    ]  # fmt: skip
+        (True, 0, False),
+        (False, 0, False),
+        (False, 1, False),
+        (False, 2, True),
+    ]
     seen.clear()
     trainer, model, dm = run(StopAtStep3(), max_epochs=10)
     assert [(epoch, used) for _, sanity, epoch, used in seen if not sanity] == [(0, False), (1, True)]

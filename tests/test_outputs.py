@@ -97,7 +97,7 @@ def test_predict_on_image_files(in_run, tmp_path, capsys):
 
 
 def test_image_preprocessing_matches_the_training_format(tmp_path):
-    from vgg_lightning.images import load_image
+    from vgg_lightning.data.images import load_image
 
     red = np.zeros((100, 60, 3), np.uint8)
     red[..., 0] = 200
@@ -121,8 +121,18 @@ def test_tensorboard_has_pictures_scalars_and_hparams(run):
     grid = grids[-1]
     assert 350 <= grid.width <= 500 and 350 <= grid.height <= 500  # 4 x 4 images, about TensorBoard's card size
     scalars = set(tags["scalars"])
-    expected = {"train/loss", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_top5",
-                "train/epoch_time_s", "train/images_per_s", "hp/best_val_acc", "lr-SGD/pg1"}  # fmt: skip
+    expected = {
+        "train/loss",
+        "train/loss_epoch",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_top5",
+        "train/epoch_time_s",
+        "train/images_per_s",
+        "hp/best_val_acc",
+        "lr-SGD/pg1",
+    }
     assert expected <= scalars
     assert {f"val/acc_class/{n}" for n in CIFAR10_NAMES} <= scalars
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
@@ -135,8 +145,22 @@ def test_plot_writes_a_png(run, tmp_path):
 
     _, _, run_dir = run
     out = tmp_path / "curves.png"
-    r = subprocess.run([sys.executable, "-m", "vgg_lightning", "plot", str(run_dir), str(run_dir), "--output", str(out),
-                        "--labels", '["first", "second"]'], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vgg_lightning",
+            "plot",
+            str(run_dir),
+            str(run_dir),
+            "--output",
+            str(out),
+            "--labels",
+            '["first", "second"]',
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (1200, 450)
@@ -198,7 +222,9 @@ def test_readme_snippet_classifies_an_image(in_run, tmp_path):
     snippet = readme.split("<!-- load-snippet -->")[1].split("```python")[1].split("```")[0]
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "my_cat.png")
     ckpt = next(run_dir.glob("checkpoints/epoch*.ckpt"))
-    code = snippet.replace("lightning_logs/version_0/checkpoints/last.ckpt", str(ckpt)).replace("my_cat.png", str(tmp_path / "my_cat.png"))
+    code = snippet.replace("lightning_logs/version_0/checkpoints/last.ckpt", str(ckpt)).replace(
+        "my_cat.png", str(tmp_path / "my_cat.png")
+    )
     scope: dict = {}
     exec(code, scope)
     assert scope["label"] in CIFAR10_NAMES
@@ -207,11 +233,14 @@ def test_readme_snippet_classifies_an_image(in_run, tmp_path):
 def test_phase_timer_splits_the_whole_command(cifar10_dir, tmp_path):
     import subprocess
 
-    args = tiny(cifar10_dir, "--trainer.max_epochs", "2", "--trainer.callbacks+=vgg_lightning.timing.PhaseTimer")
-    r = subprocess.run([sys.executable, "-m", "vgg_lightning", "fit", *args], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    args = tiny(
+        cifar10_dir, "--trainer.max_epochs", "2", "--trainer.callbacks+=vgg_lightning.callbacks.timing.PhaseTimer"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "vgg_lightning", "fit", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    table = r.stderr[r.stderr.index("phase "):].splitlines()
+    table = r.stderr[r.stderr.index("phase ") :].splitlines()
     rows = {line.rsplit(None, 2)[0].strip(): float(line.rsplit(None, 2)[1]) for line in table[1:-1]}
     assert {"validation", "figures", "checkpoint writes", "start-up, imports, options, data"} <= set(rows)
     assert rows["checkpoint writes"] > 0 and rows["validation"] > 0 and rows["figures"] > 0

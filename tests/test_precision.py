@@ -27,7 +27,9 @@ def test_cpu_with_native_bf16_gets_bf16(cpu):
     cpu(True)
     assert precision.auto_precision("auto") == "bf16-mixed" == precision.auto_precision("cpu")
     line = precision.describe("auto", "bf16-mixed", chosen=True)
-    assert line.startswith("CPU with bf16 instructions (AVX512_BF16") and "bf16-mixed" in line and "channels_last" in line
+    assert (
+        line.startswith("CPU with bf16 instructions (AVX512_BF16") and "bf16-mixed" in line and "channels_last" in line
+    )
 
 
 def test_cpu_without_bf16_gets_32_bit(cpu):

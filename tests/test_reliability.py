@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vgg_lightning.cli import main
-from vgg_lightning.datamodule import CIFARDataModule
+from vgg_lightning.data.datamodule import ImageDataModule
 
 from .test_cli import tiny
 
@@ -32,7 +32,7 @@ def mirror(data_dir: Path, tmp_path: Path) -> tuple[str, str]:
 def test_download_verifies_and_extracts(cifar10_dir, tmp_path):
     url, md5 = mirror(cifar10_dir, tmp_path)
     target = tmp_path / "fresh"
-    dm = CIFARDataModule(data_dir=str(target), archive_url=url, archive_md5=md5, val_size=50)
+    dm = ImageDataModule(data_dir=str(target), archive_url=url, archive_md5=md5, val_size=50)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set[1]) == 150
@@ -40,11 +40,11 @@ def test_download_verifies_and_extracts(cifar10_dir, tmp_path):
 
 
 def test_download_with_wrong_md5_leaves_nothing(cifar10_dir, tmp_path):
-    from vgg_lightning.cifar_files import DataError
+    from vgg_lightning.data.cifar_files import DataError
 
     url, _ = mirror(cifar10_dir, tmp_path)
     target = tmp_path / "fresh"
-    dm = CIFARDataModule(data_dir=str(target), archive_url=url, archive_md5="0" * 32)
+    dm = ImageDataModule(data_dir=str(target), archive_url=url, archive_md5="0" * 32)
     with pytest.raises(DataError, match="MD5"):
         dm.prepare_data()
     assert not target.exists()
@@ -53,9 +53,14 @@ def test_download_with_wrong_md5_leaves_nothing(cifar10_dir, tmp_path):
 def run_cli(args, cwd, extra_env=None, **kwargs):
     env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
-    )  # fmt: skip
+        [sys.executable, "-m", "vgg_lightning", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def long_fit_args(data_dir, epochs=4):
@@ -126,7 +131,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cifar10_dir,
     stopped_at = stopped["global_step"]
     assert epoch_end_step < stopped_at < 160  # saved at the interruption, not at the last epoch end
     assert stopped_at % 40 != 0  # mid-epoch (40 steps an epoch)
-    assert stopped["CIFARDataModule"]["train_loader"] == {"epoch": stopped_at // 40, "batches_served": stopped_at % 40}
+    assert stopped["ImageDataModule"]["train_loader"] == {"epoch": stopped_at // 40, "batches_served": stopped_at % 40}
     resumed = run_cli([*long_fit_args(cifar10_dir), "--ckpt_path", "last"], cut_dir)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
@@ -139,7 +144,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cifar10_dir,
 def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoints(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = tiny(cifar10_dir, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "3")
-    assert main(["fit", *args, "--trainer.callbacks", "tests.helpers.PoisonWeights"]) == 1
+    assert main(["fit", *args, "--trainer.callbacks+=tests.helpers.PoisonWeights"]) == 1
     err = capsys.readouterr().err
     assert "NaN or infinite at global step 3" in err and "--ckpt_path last" in err
     ckpts = list((tmp_path / "lightning_logs" / "version_0" / "checkpoints").iterdir())
@@ -153,7 +158,9 @@ def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoints(cifar10_dir,
 def weights_after_one_epoch(data_dir, workdir: Path, seed: int) -> dict:
     workdir.mkdir()
     os.chdir(workdir)
-    args = tiny(data_dir, "--trainer.max_epochs", "1", "--seed_everything", str(seed), "--trainer.deterministic", "true")
+    args = tiny(
+        data_dir, "--trainer.max_epochs", "1", "--seed_everything", str(seed), "--trainer.deterministic", "true"
+    )
     assert main(["fit", *args]) == 0
     state = torch.load(workdir / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     return state
@@ -175,12 +182,33 @@ def test_ddp_on_two_cpu_processes(cifar10_dir, tmp_path):
     url, md5 = mirror(cifar10_dir, tmp_path)
     # The user's defaults (progress bar, logger, checkpoints): the bar alone once made the ranks hang.
     args = [
-        "fit", "--data.data_dir", str(tmp_path / "data_ddp"), "--data.val_size", "40", "--data.batch_size", "16",
-        "--model.arch", "vgg11", "--model.width", "0.125", "--trainer.max_epochs", "1",
-        "--data.download", "true", "--data.archive_url", url, "--data.archive_md5", md5,
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.callbacks", "tests.helpers.RecordRank",
-    ]  # fmt: skip
+        "fit",
+        "--data.data_dir",
+        str(tmp_path / "data_ddp"),
+        "--data.val_size",
+        "40",
+        "--data.batch_size",
+        "16",
+        "--model.arch",
+        "vgg11",
+        "--model.width",
+        "0.125",
+        "--trainer.max_epochs",
+        "1",
+        "--data.download",
+        "true",
+        "--data.archive_url",
+        url,
+        "--data.archive_md5",
+        md5,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.callbacks+=tests.helpers.RecordRank",
+    ]
     proc = run_cli(args, tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]

@@ -24,18 +24,30 @@ DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.stra
 def ddp_args(data_dir, *extra):
     """The tiny net and data, with the user's defaults for everything else (progress bar, logger, checkpoints)."""
     return [
-        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
-        "--data.batch_size", "16", "--model.arch", "vgg11", "--model.width", "0.125", *DDP, *extra,
-    ]  # fmt: skip
+        "--data.data_dir",
+        str(data_dir),
+        "--data.download",
+        "false",
+        "--data.val_size",
+        "40",
+        "--data.batch_size",
+        "16",
+        "--model.arch",
+        "vgg11",
+        "--model.width",
+        "0.125",
+        *DDP,
+        *extra,
+    ]
 
 
 def finish(proc, timeout=240):
     try:
         out, err = proc.communicate(timeout=timeout)
-    except Exception:
+    except Exception as e:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"the run did not end in {timeout} s:\n{err[-3000:]}")
+        raise AssertionError(f"the run did not end in {timeout} s:\n{err[-3000:]}") from e
     assert proc.returncode == 0, err[-3000:]
     return out, err
 
@@ -46,8 +58,19 @@ def ranks(tmp_path):
 
 def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):
     started = time.monotonic()
-    args = ["fit", *ddp_args(cifar10_dir, "--trainer.max_time", "00:00:00:40", "--trainer.max_epochs", "1000",
-                             "--model.lr", "0.05", "--trainer.callbacks", "tests.helpers.RecordRank")]  # fmt: skip
+    args = [
+        "fit",
+        *ddp_args(
+            cifar10_dir,
+            "--trainer.max_time",
+            "00:00:00:40",
+            "--trainer.max_epochs",
+            "1000",
+            "--model.lr",
+            "0.05",
+            "--trainer.callbacks+=tests.helpers.RecordRank",
+        ),
+    ]
     _, err = finish(run_cli(args, tmp_path))
     took = time.monotonic() - started
     assert took <= 1.05 * 40, took  # inside the budget, child start-up included
@@ -63,7 +86,10 @@ def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):
 
 def test_ddp_paced_checkpoints_over_many_short_epochs(cifar10_dir, tmp_path):
     # 5 steps an epoch per rank, 15 epochs: last.ckpt and figures decided every fraction of a second
-    args = ["fit", *ddp_args(cifar10_dir, "--trainer.max_epochs", "15", "--trainer.callbacks", "tests.helpers.RecordRank")]
+    args = [
+        "fit",
+        *ddp_args(cifar10_dir, "--trainer.max_epochs", "15", "--trainer.callbacks+=tests.helpers.RecordRank"),
+    ]
     finish(run_cli(args, tmp_path))
     last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 75 and last["epoch"] == 14
@@ -121,7 +147,10 @@ def test_ddp_sigterm_saves_a_checkpoint_all_ranks_take_part_in(cifar10_dir, tmp_
 
 
 def test_ddp_sigterm_ends_a_run_whose_rank_hangs(cifar10_dir, tmp_path):
-    args = ["fit", *ddp_args(cifar10_dir, "--trainer.max_epochs", "20", "--trainer.callbacks", "tests.helpers.BlockRank1")]
+    args = [
+        "fit",
+        *ddp_args(cifar10_dir, "--trainer.max_epochs", "20", "--trainer.callbacks+=tests.helpers.BlockRank1"),
+    ]
     proc = run_cli(args, tmp_path, extra_env={"VGG_LIGHTNING_STOP_GRACE_S": "5"})
     marker = tmp_path / "stuck"
     wait_for(marker, proc, timeout=180)
@@ -132,10 +161,10 @@ def test_ddp_sigterm_ends_a_run_whose_rank_hangs(cifar10_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=60)
-    except Exception:
+    except Exception as e:
         proc.kill()
         os.kill(stuck_pid, signal.SIGKILL)
-        raise AssertionError("SIGTERM did not end a run with a hung rank within 60 s")
+        raise AssertionError("SIGTERM did not end a run with a hung rank within 60 s") from e
     assert proc.returncode == 128 + signal.SIGTERM
     assert "after SIGTERM/Ctrl-C, waiting on another process" in err
     time.sleep(0.5)
@@ -149,4 +178,3 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
-

@@ -2,7 +2,6 @@
 paths through '..', and a split that stays put when files come and go."""
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import pytest
 import torch
 from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
-from vgg_lightning import images
-from vgg_lightning.datamodule import CIFARDataModule
-from vgg_lightning.image_folders import scan
-from vgg_lightning.images import decode_files, decode_image, find_files
+from vgg_lightning.data import images
+from vgg_lightning.data.datamodule import ImageDataModule
+from vgg_lightning.data.image_folders import scan
+from vgg_lightning.data.images import decode_files, decode_image, find_files
 
 from .test_image_folders import COLOURS, dm_for, write_image, write_tree
 
@@ -25,7 +24,9 @@ POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 l
 
 def test_postscript_named_jpg_never_reaches_ghostscript(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError))
+    monkeypatch.setattr(
+        EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError)
+    )
     evil = tmp_path / "holiday.jpg"
     evil.write_bytes(POSTSCRIPT)
     with pytest.raises(UnidentifiedImageError):
@@ -52,7 +53,7 @@ def test_a_large_jpeg_is_shrunk_while_decoding(tmp_path):
     Image.new("RGB", (9600, 9600), (200, 120, 40)).save(path, quality=80)
     code = (
         "import resource, sys, warnings; warnings.simplefilter('ignore')\n"
-        "from vgg_lightning.images import decode_image\n"
+        "from vgg_lightning.data.images import decode_image\n"
         "decode_image(sys.argv[1], 8)  # imports and first use, outside the measurement\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "out = decode_image(sys.argv[2], 32)\n"
@@ -62,8 +63,9 @@ def test_a_large_jpeg_is_shrunk_while_decoding(tmp_path):
     small = tmp_path / "small.png"
     write_image(small, (1, 2, 3))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    result = subprocess.run([sys.executable, "-c", code, str(small), str(path)], capture_output=True, text=True,
-                            env=env, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(small), str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     grown_mb, centre = result.stdout.split(maxsplit=1)
     assert int(grown_mb) < 60, f"peak memory grew by {grown_mb} MB"
@@ -145,7 +147,7 @@ def test_predict_path_through_dot_dot_and_hidden_parents(tmp_path, monkeypatch):
 
 
 def test_class_folder_split_is_stable_per_file(tmp_path):
-    dm = CIFARDataModule(dataset="folder", data_dir=str(tmp_path), val_size=10)
+    dm = ImageDataModule(dataset="folder", data_dir=str(tmp_path), val_size=10)
     files = [f"c{i % 3}/{i:03d}.png" for i in range(60)]
 
     def val_of(names):

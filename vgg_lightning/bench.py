@@ -23,12 +23,14 @@ from typing import Iterator, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
-from vgg_lightning.augment import normalize, train_augment
-from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
-from vgg_lightning.datamodule import STATS, CIFARDataModule, TensorBatchLoader
+from vgg_lightning.data.augment import normalize, train_augment
+from vgg_lightning.data.datamodule import STATS, ImageDataModule
+from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.models import build_model
 from vgg_lightning.module import VGGClassifier
+from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 
 
 class TimedLoader:
@@ -106,8 +108,11 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"], momentum=0.9, nesterov=True, fused=cfg["fused"] or None,
-    )  # fmt: skip
+        lr=cfg["lr"],
+        momentum=0.9,
+        nesterov=True,
+        fused=cfg["fused"] or None,
+    )
     total = cfg["warmup"] + cfg["steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, cycle_momentum=False)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"].startswith("16"))
@@ -143,17 +148,19 @@ class _StepTimer(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.t0, self.t1 = warmup, 0.0, 0.0
 
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             _sync(pl_module.device)
             self.t0 = time.perf_counter()
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         _sync(pl_module.device)
         self.t1 = time.perf_counter()
 
 
-class _BenchData(CIFARDataModule):
+class _BenchData(ImageDataModule):
     """The project's data module on given tensors, its training loader timed."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
@@ -162,29 +169,47 @@ class _BenchData(CIFARDataModule):
         self.class_names = [str(i) for i in range(10)]
         self.timed: Optional[TimedLoader] = None
 
+    @override
     def prepare_data(self) -> None:  # the tensors are given: nothing to fetch
         pass
 
+    @override
     def train_dataloader(self) -> TimedLoader:
         self.timed = TimedLoader(super().train_dataloader())
         return self.timed
 
 
 def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
-    """The project's fit path: VGGClassifier + CIFARDataModule under Lightning's Trainer."""
+    """The project's fit path: VGGClassifier + ImageDataModule under Lightning's Trainer."""
     torch.manual_seed(0)
     total = cfg["warmup"] + cfg["steps"]
     model = VGGClassifier(
-        arch=cfg["arch"], width=cfg["width"], lr=cfg["lr"], label_smoothing=0.0, schedule="onecycle",
-        channels_last=cfg["channels_last"], compile=cfg["compile"], fused=cfg["fused"],
-    )  # fmt: skip
+        arch=cfg["arch"],
+        width=cfg["width"],
+        lr=cfg["lr"],
+        label_smoothing=0.0,
+        schedule="onecycle",
+        channels_last=cfg["channels_last"],
+        compile=cfg["compile"],
+        fused=cfg["fused"],
+    )
     data = _BenchData(images, labels, cfg["batch_size"])
     timer = _StepTimer(cfg["warmup"])
     trainer = L.Trainer(
-        accelerator=device.type, devices=1, precision=cfg["precision"], max_steps=total, max_epochs=-1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], benchmark=device.type == "cuda",
-    )  # fmt: skip
+        accelerator=device.type,
+        devices=1,
+        precision=cfg["precision"],
+        max_steps=total,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        benchmark=device.type == "cuda",
+    )
     _reset_peak(device)
     trainer.fit(model, datamodule=data)
     seconds = timer.t1 - timer.t0
@@ -201,7 +226,7 @@ def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple
         source = f"synthetic uint8 tensors ({n} images)"
     else:
         folder = (Path(data_dir) / "train").is_dir()  # class folders (e.g. ../shared/data/cifar10-jpeg)
-        dm = CIFARDataModule(dataset="folder" if folder else "cifar10", data_dir=data_dir, download=False, val_size=1)
+        dm = ImageDataModule(dataset="folder" if folder else "cifar10", data_dir=data_dir, download=False, val_size=1)
         dm.prepare_data()
         dm.setup("fit")
         images, labels = dm.train_set
@@ -243,20 +268,34 @@ def run(
         data_dir: a folder with CIFAR-10 python files; default: synthetic images.
         device: ``auto``, ``cpu`` or ``cuda``.
     """
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     precision = precision or auto_precision(dev.type)
     channels_last = prefers_channels_last(dev) if channels_last is None else channels_last
     fused = (dev.type == "cuda") if fused is None else fused
-    cfg = dict(arch=arch, width=width, batch_size=batch_size, steps=steps, warmup=warmup, precision=precision,
-               channels_last=channels_last, compile=compile, fused=fused, lr=lr)  # fmt: skip
+    cfg = dict(
+        arch=arch,
+        width=width,
+        batch_size=batch_size,
+        steps=steps,
+        warmup=warmup,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        fused=fused,
+        lr=lr,
+    )
     images, labels, source = _load_images(data_dir, batch_size * (warmup + steps), dev)
     if len(labels) < batch_size:
         raise SystemExit(f"error: {source} holds fewer images than one batch of {batch_size}")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     print(f"device: {name}; torch {torch.__version__}, lightning {L.__version__}")
     print(f"data: {source}")
-    print(f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; channels_last {channels_last};"
-          f" compile {compile}; fused SGD {fused}; {warmup} warm-up + {steps} timed steps x {repeats}")  # fmt: skip
+    print(
+        f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; channels_last {channels_last};"
+        f" compile {compile}; fused SGD {fused}; {warmup} warm-up + {steps} timed steps x {repeats}"
+    )
     results: dict[str, list[dict]] = {"plain": [], "lightning": []}
     loops = [("plain", plain_loop), ("lightning", lightning_fit)]
     for r in range(repeats):
@@ -273,7 +312,8 @@ def run(
         wait = statistics.median(r["wait"] / r["seconds"] for r in runs)
         mem = max(r["memory_mb"] for r in runs)
         summary[label] = {"images_per_s": batch_size * steps / seconds, "wait_share": wait, "memory_mb": mem}
-        print(f"{label:10s} {batch_size * steps / seconds:10.1f} {1000 * seconds / steps:9.1f} {100 * wait:9.2f}% {mem:12.0f}")
+        rate, step_ms = batch_size * steps / seconds, 1000 * seconds / steps
+        print(f"{label:10s} {rate:10.1f} {step_ms:9.1f} {100 * wait:9.2f}% {mem:12.0f}")
     ratio = summary["lightning"]["images_per_s"] / summary["plain"]["images_per_s"]
     summary["ratio"] = ratio
     print(f"ratio lightning/plain: {ratio:.3f} (target >= 0.97)")

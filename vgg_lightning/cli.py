@@ -6,7 +6,6 @@ overrides; ``--print_config`` shows the result.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -15,25 +14,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from vgg_lightning import checkpoints, precision, quiet
-from vgg_lightning.budget import TimeBudget, parse_duration
-from vgg_lightning.datamodule import CIFARDataModule
+from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
+from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
+from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError
+from vgg_lightning.messages import log, say
 from vgg_lightning.module import VGGClassifier
-from vgg_lightning.reliability import (
-    InterruptCheckpoint,
-    LastCheckpoint,
-    NonFiniteLossError,
-    NonFiniteLossWatch,
-    RNGStates,
-    SignalGrace,
-)
-from vgg_lightning.reporting import EpochSummary, PredictionReport, TestReport
-from vgg_lightning.visuals import ValidationVisuals
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -64,11 +56,14 @@ class VGGLightningCLI(LightningCLI):
         self.started = time.monotonic() if started is None else started  # where a time budget starts counting
         super().__init__(*args, **kwargs)
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         # The best-checkpoint options, instantiated by instantiate_trainer only when checkpointing is on.
-        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=False, sub_configs=True)
+        parser.add_class_arguments(
+            ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=False, sub_configs=True
+        )
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -80,6 +75,7 @@ class VGGLightningCLI(LightningCLI):
         )
 
     # -- before anything is built: resolve checkpoints, precision and where the run logs --------------------------
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
@@ -88,7 +84,9 @@ class VGGLightningCLI(LightningCLI):
             return
         cfg = self.config[sub]
         # LightningCLI next restores every model option from --ckpt_path; these typed here must win over it.
-        self.runtime_model_options = {k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")}
+        self.runtime_model_options = {
+            k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")
+        }
         self._follow_default_root_dir(cfg)
         log_root = self._log_root(cfg)
         self._resolve_ckpt_path(parser, sub, cfg, log_root)
@@ -99,7 +97,10 @@ class VGGLightningCLI(LightningCLI):
         if self.precision_chosen:
             cfg.trainer.precision = precision.auto_precision(accelerator)
         # fit writes config.yaml; the other commands, when logging into a fit run, keep theirs beside it.
-        self.save_config_kwargs = {"overwrite": True, "config_filename": "config.yaml" if sub == "fit" else f"{sub}_config.yaml"}
+        self.save_config_kwargs = {
+            "overwrite": True,
+            "config_filename": "config.yaml" if sub == "fit" else f"{sub}_config.yaml",
+        }
 
     def _follow_default_root_dir(self, cfg) -> None:
         """The TensorBoard logger writes under --trainer.default_root_dir unless its own save_dir is given."""
@@ -129,11 +130,15 @@ class VGGLightningCLI(LightningCLI):
             parser.error(
                 f"{sub} needs trained weights, and no run in '{root}' has a checkpoint yet: train one with"
                 f" `python -m vgg_lightning fit` first, or pass --ckpt_path FILE (--ckpt_path {UNTRAINED} evaluates"
-                " random weights on purpose)" if defaulted else str(e)
+                " random weights on purpose)"
+                if defaulted
+                else str(e)
             )
         cfg.ckpt_path = str(ckpt)
         if sub in EVALUATION:
-            self.ckpt_note = f"weights: {ckpt}" + (" (the newest run's best; choose with --ckpt_path)" if defaulted else "")
+            self.ckpt_note = f"weights: {ckpt}" + (
+                " (the newest run's best; choose with --ckpt_path)" if defaulted else ""
+            )
         version = checkpoints.run_version(ckpt, log_root) if log_root else None
         if version is None:
             return
@@ -160,6 +165,7 @@ class VGGLightningCLI(LightningCLI):
         return Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
 
     # -- after LightningCLI read the checkpoint's hyperparameters, before anything is built ------------------------
+    @override
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         if sub is None:
@@ -170,15 +176,24 @@ class VGGLightningCLI(LightningCLI):
         if sub in EVALUATION and cfg.get("ckpt_path"):
             self._data_options_from_checkpoint(cfg)
         trainer = cfg.trainer
-        if sub == "fit" and trainer.get("max_time") is not None and trainer.get("max_steps", -1) == -1 and not trainer.get("max_epochs"):
+        if (
+            sub == "fit"
+            and trainer.get("max_time") is not None
+            and trainer.get("max_steps", -1) == -1
+            and not trainer.get("max_epochs")
+        ):
             trainer.max_epochs = -1  # the budget decides
         quiet.silence_upstream_noise()
-        if self._is_global_zero():
-            line = precision.describe(trainer.get("accelerator", "auto"), str(trainer.precision), self.precision_chosen,
-                                      cfg.model.get("channels_last"))  # fmt: skip
-            print(line, file=sys.stderr, flush=True)
-            if self.ckpt_note:
-                print(self.ckpt_note, file=sys.stderr, flush=True)
+        say(
+            precision.describe(
+                trainer.get("accelerator", "auto"),
+                str(trainer.precision),
+                self.precision_chosen,
+                cfg.model.get("channels_last"),
+            )
+        )
+        if self.ckpt_note:
+            say(self.ckpt_note)
         precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))
 
     def _data_options_from_checkpoint(self, cfg) -> None:
@@ -224,10 +239,6 @@ class VGGLightningCLI(LightningCLI):
     def before_predict(self) -> None:
         self._check_checkpoint_fits_data()
 
-    @staticmethod
-    def _is_global_zero() -> bool:
-        return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-
     # -- test: the project's table (TestReport) says it all; Lightning's own would repeat the same numbers -------
     def before_test(self) -> None:
         self._check_checkpoint_fits_data()
@@ -235,12 +246,13 @@ class VGGLightningCLI(LightningCLI):
             self.config_init["test"]["verbose"] = False
 
     # -- the project's own callbacks that depend on the options ---------------------------------------------------
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         sub = self.subcommand
         config = self.config_init[sub] if sub else self.config_init
         trainer = config["trainer"]
-        own = [PredictionReport(), TestReport(), EpochSummary(), ValidationVisuals(), InterruptCheckpoint(),
-               SignalGrace(), RNGStates(), NonFiniteLossWatch()]  # fmt: skip
+        # The always-on callbacks come from configs/default.yaml (trainer.callbacks); these follow from options.
+        own: list[Callback] = []
         if trainer.get("enable_checkpointing") is not False:  # Lightning's switch: our checkpoints step aside
             own += [ModelCheckpoint(**dict(config["checkpoint"])), LastCheckpoint()]
         if trainer.get("logger"):
@@ -263,7 +275,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True, started: Optio
     default_files = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
     return VGGLightningCLI(
         VGGClassifier,
-        CIFARDataModule,
+        ImageDataModule,
         trainer_defaults={"logger": DEFAULT_LOGGER},
         parser_kwargs={
             "prog": program_name(),
@@ -291,18 +303,17 @@ def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> i
     try:
         build_cli(args, started=started)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error(f"error: {e}")
         return 2
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error(f"error: {e}")
         return 1
     except SIGTERMException:
         return 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"; the checkpoint is saved
     except NonFiniteLossError as e:
-        print(
+        log.error(
             f"error: {e}.\n  The run stopped; its checkpoints hold the last good weights. Lower --model.lr or"
-            " raise --model.warmup, then resume with `fit --ckpt_path last` or start again.",
-            file=sys.stderr,
+            " raise --model.warmup, then resume with `fit --ckpt_path last` or start again."
         )
         return 1
     return 0

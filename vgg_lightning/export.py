@@ -8,14 +8,17 @@ with the run's mean and std.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Literal, Optional
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from vgg_lightning import checkpoints
+from vgg_lightning.data.augment import normalization_tensors
+from vgg_lightning.files import atomic_path
+from vgg_lightning.messages import log
 
 # The check: exported logits must match PyTorch's within this (fp32 on CPU).
 ATOL, RTOL = 1e-4, 1e-4
@@ -25,9 +28,11 @@ class ExportWrapper(nn.Module):
     def __init__(self, net: nn.Module, mean, std, raw_uint8: bool) -> None:
         super().__init__()
         self.net, self.raw_uint8 = net, raw_uint8
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        mean_255, std_255 = normalization_tensors(mean, std)
+        self.register_buffer("mean", mean_255)
+        self.register_buffer("std", std_255)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.raw_uint8:
             x = (x.float() - self.mean) / self.std
@@ -35,7 +40,7 @@ class ExportWrapper(nn.Module):
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    log.error(f"error: {message}")
     raise SystemExit(1)
 
 
@@ -77,14 +82,21 @@ def export_onnx(wrapper: ExportWrapper, example: torch.Tensor, out: Path):
         import onnxruntime as ort
         import onnxscript  # noqa: F401
     except ImportError as e:
-        _fail(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing).\n"
-              "  Install them with: pip install 'vgg_lightning[export]'   (or: pip install onnx onnxscript onnxruntime)")  # fmt: skip
+        _fail(
+            f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing).\n"
+            "  Install them with: pip install 'vgg_lightning[export]'   (or: pip install onnx onnxscript onnxruntime)"
+        )
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-            dynamic_shapes={"x": {0: batch}}, verbose=False,
-        )  # fmt: skip
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            verbose=False,
+        )
     program.save(str(out))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
@@ -110,10 +122,8 @@ def export(
         _fail(str(e))
     wrapper, names, size = load_for_export(ckpt, input == "uint8")
     out = Path(output) if output else ckpt.parent / ("model.onnx" if format == "onnx" else "model.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
     example = example_batch(input == "uint8", size=size)
-    try:
+    with atomic_path(out) as tmp:  # written only once the check below passed
         run = (export_onnx if format == "onnx" else export_torchscript)(wrapper, example, tmp)
         # Two batch sizes: the second checks that the batch dimension really is free.
         diff = 0.0
@@ -123,16 +133,18 @@ def export(
             got = run(batch)
             diff = max(diff, (got - expected).abs().max().item())
             if got.shape != expected.shape or not torch.allclose(got, expected, atol=ATOL, rtol=RTOL):
-                _fail(f"the exported model's logits differ from PyTorch's by up to {diff:.2e} "
-                      f"(allowed: atol {ATOL}, rtol {RTOL}); nothing was written")  # fmt: skip
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
+                _fail(
+                    f"the exported model's logits differ from PyTorch's by up to {diff:.2e} "
+                    f"(allowed: atol {ATOL}, rtol {RTOL}); nothing was written"
+                )
     print(f"Exported {ckpt} as {format} to {out}")
     shape = f"(N, 3, {size}, {size})"
-    print(f"  input: {f'uint8 {shape}, RGB 0-255' if input == 'uint8' else f'float {shape}, normalized'}; "
-          f"output: logits (N, {len(names)}); classes: {', '.join(names)}")  # fmt: skip
-    print(f"  checked on batches of {len(example)} and 3 images: max |logit difference| {diff:.2e}"
-          f" (tolerance atol {ATOL}, rtol {RTOL})")  # fmt: skip
+    print(
+        f"  input: {f'uint8 {shape}, RGB 0-255' if input == 'uint8' else f'float {shape}, normalized'}; "
+        f"output: logits (N, {len(names)}); classes: {', '.join(names)}"
+    )
+    print(
+        f"  checked on batches of {len(example)} and 3 images: max |logit difference| {diff:.2e}"
+        f" (tolerance atol {ATOL}, rtol {RTOL})"
+    )
     return out

@@ -21,15 +21,38 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _fit(config: str, data_dir: str) -> list[str]:
     return [
-        "-m", "vgg_lightning", "fit", "--config", str(ROOT / "configs" / config), "--data.dataset", "folder",
-        "--data.data_dir", data_dir, "--data.val_size", "5000", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=vgg_lightning.timing.PhaseTimer",
-    ]  # fmt: skip
+        "-m",
+        "vgg_lightning",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / config),
+        "--data.dataset",
+        "folder",
+        "--data.data_dir",
+        data_dir,
+        "--data.val_size",
+        "5000",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=vgg_lightning.callbacks.timing.PhaseTimer",
+    ]
 
 
 def runs(data_dir: str) -> dict[str, list[str]]:
-    bench = ["-m", "vgg_lightning.bench", "--batch_size", "512", "--precision", "bf16-mixed", "--steps", "60",
-             "--warmup", "15", "--repeats", "3"]  # fmt: skip
+    bench = [
+        "-m",
+        "vgg_lightning.bench",
+        "--batch_size",
+        "512",
+        "--precision",
+        "bf16-mixed",
+        "--steps",
+        "60",
+        "--warmup",
+        "15",
+        "--repeats",
+        "3",
+    ]
     return {
         "bench_fused": [*bench, "--fused", "true"],
         "bench_unfused": [*bench, "--fused", "false"],
@@ -39,8 +62,12 @@ def runs(data_dir: str) -> dict[str, list[str]]:
     }
 
 
-def main(data_dir: str = "../shared/data/cifar10-jpeg", out: str = "gpu_report", only: Optional[list[str]] = None,
-         timeout: int = 600) -> None:  # fmt: skip
+def main(
+    data_dir: str = "../shared/data/cifar10-jpeg",
+    out: str = "gpu_report",
+    only: Optional[list[str]] = None,
+    timeout: int = 600,
+) -> None:
     """Run the measurements; each writes OUT/<name>.log and a line to OUT/summary.txt.
 
     Args:
@@ -57,8 +84,9 @@ def main(data_dir: str = "../shared/data/cifar10-jpeg", out: str = "gpu_report",
         t0 = time.monotonic()
         with open(out_dir / f"{name}.log", "w") as log:
             try:
-                rc = subprocess.run([sys.executable, *args], cwd=out_dir, stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=timeout).returncode  # fmt: skip
+                rc = subprocess.run(
+                    [sys.executable, *args], cwd=out_dir, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+                ).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         line = f"{name}: exit {rc}, {time.monotonic() - t0:.1f} s wall, from the shell's point of view"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torchmetrics import Metric
+from typing_extensions import override
 
 
 class RunningLossAccuracy(Metric):
@@ -21,12 +22,14 @@ class RunningLossAccuracy(Metric):
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
+    @override
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         n = target.shape[0]
         self.loss_sum += loss.detach().float() * n
         self.correct += (logits.detach().argmax(1) == target).sum()
         self.count += n
 
+    @override
     def compute(self) -> dict[str, torch.Tensor]:
         count = self.count.clamp(min=1)
         return {"loss": self.loss_sum / count, "acc": self.correct.float() / count}

@@ -14,6 +14,7 @@ from typing import Union
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 # "M" is a 2x2 max-pool; numbers are output channels of a 3x3 convolution (torchvision's cfgs A, B, D, E).
 CONFIGS: dict[str, list[Union[int, str]]] = {
@@ -71,6 +72,7 @@ class VGG(nn.Module):
         self.classifier = nn.Sequential(*head)
         init_weights(self)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.avgpool(self.features(x)))
 
@@ -106,6 +108,7 @@ class SeedNet(nn.Module):
             nn.Linear(1024, num_classes),  # fc16
         )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.avgpool(self.features(x)))
 

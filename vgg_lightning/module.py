@@ -18,12 +18,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from typing_extensions import override
 
 from vgg_lightning import schedules
+from vgg_lightning.callbacks.pacing import is_last_validation
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import RunningLossAccuracy
 from vgg_lightning.models import build_model
 from vgg_lightning.precision import prefers_channels_last
+
 
 class VGGClassifier(L.LightningModule):
     """VGG on CIFAR or your own class folders.
@@ -130,6 +133,7 @@ class VGGClassifier(L.LightningModule):
             self.__dict__["_compiled"] = torch.compile(self.net)
         return self.__dict__["_compiled"]
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last:  # inputs follow the weights' layout
             x = x.contiguous(memory_format=torch.channels_last)
@@ -155,19 +159,14 @@ class VGGClassifier(L.LightningModule):
         if tta != "final":
             return bool(tta)
         trainer = self._trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return True
-        if trainer.sanity_checking:
-            return False
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        last_epoch = max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
-        last_step = trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
-        return bool(trainer.should_stop or last_epoch or last_step)
+        return trainer is None or (not trainer.sanity_checking and is_last_validation(trainer))
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 
+    @override
     def setup(self, stage: str) -> None:
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
@@ -180,6 +179,7 @@ class VGGClassifier(L.LightningModule):
     # -- steps ------------------------------------------------------------------------------------------------
     # Each step only adds to metric states on the device; values are logged once per epoch (and the step loss
     # every log_every_n_steps). A self.log call costs about 1 ms of Python, as much as a small GPU step.
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -196,9 +196,11 @@ class VGGClassifier(L.LightningModule):
         getattr(self, f"{stage}_loss").update(F.cross_entropy(logits, y), weight=len(y))
         getattr(self, f"{stage}_confusion").update(logits, y)
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
@@ -246,20 +248,25 @@ class VGGClassifier(L.LightningModule):
         names = names or self._saved_class_names
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
 
+    @override
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_eval_epoch("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
 
+    @override
     def on_train_start(self) -> None:
         # Declare the hparams tab's metric once, so TensorBoard lists the run's settings next to its best val/acc.
         if isinstance(self.logger, TensorBoardLogger):
             self.logger.log_hyperparams(self.hparams, {"hp/best_val_acc": self.best_val_acc})
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         x, y = batch
         probs = self.predict_logits(x).float().softmax(dim=1)
@@ -268,15 +275,15 @@ class VGGClassifier(L.LightningModule):
     # -- using a trained model --------------------------------------------------------------------------------
     def normalization(self) -> tuple:
         """(mean, std) the run normalized its images with: saved in the checkpoint, else the data set's."""
-        from vgg_lightning.datamodule import STATS
+        from vgg_lightning.data.datamodule import STATS
 
         return self._saved_normalization or STATS["cifar100" if self.hparams.num_classes == 100 else "cifar10"]
 
     @torch.no_grad()
     def classify(self, image) -> tuple[str, float]:
         """(class name, probability) for one image file (any size and mode) or a uint8 (3, S, S) tensor."""
-        from vgg_lightning.augment import normalize
-        from vgg_lightning.images import load_image
+        from vgg_lightning.data.augment import normalize
+        from vgg_lightning.data.images import load_image
 
         x = image if isinstance(image, torch.Tensor) else load_image(Path(image), self.hparams.image_size)
         mean, std = self.normalization()
@@ -288,6 +295,7 @@ class VGGClassifier(L.LightningModule):
         return self.class_names()[int(i)], float(p)
 
     # -- optimization -----------------------------------------------------------------------------------------
+    @override
     def configure_optimizers(self):
         h = self.hparams
         decay = [p for p in self.net.parameters() if p.ndim > 1]  # conv and linear weights
@@ -313,7 +321,7 @@ class VGGClassifier(L.LightningModule):
 
     def _estimated_steps(self) -> int:
         """The schedule's length from max_epochs/max_steps; a time budget's placeholder when they set no end."""
-        from vgg_lightning.budget import UNPLANNED_STEPS, TimeBudget
+        from vgg_lightning.callbacks.budget import UNPLANNED_STEPS, TimeBudget
 
         estimated = self.trainer.estimated_stepping_batches
         if math.isfinite(estimated):
@@ -331,6 +339,7 @@ class VGGClassifier(L.LightningModule):
         return schedules.total_steps(configs[0].scheduler) if configs else None
 
     # -- checkpoints: what a trained model needs without its data set -------------------------------------------
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_acc"] = self.best_val_acc
         checkpoint["schedule_total_steps"] = self.schedule_length()
@@ -339,7 +348,12 @@ class VGGClassifier(L.LightningModule):
         if dm is not None and getattr(dm, "mean", None) and getattr(dm, "std", None):
             checkpoint["normalization"] = (list(dm.mean), list(dm.std))
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores the data module from the key of its class name, after this hook: checkpoints from
+        # before the rename keep that state under the old name.
+        if "CIFARDataModule" in checkpoint and "ImageDataModule" not in checkpoint:
+            checkpoint["ImageDataModule"] = checkpoint["CIFARDataModule"]
         self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
         self._resumed_total_steps = checkpoint.get("schedule_total_steps")
         self._saved_class_names = list(checkpoint.get("class_names", []))

@@ -33,7 +33,12 @@ def plot(runs: list[str], output: str = "curves.png", labels: Optional[list[str]
             raise SystemExit(f"error: {e}") from None
         name = labels[i] if labels else Path(run).name
         color = f"C{i % 10}"
-        for tag, ax in (("train/loss_epoch", ax_loss), ("val/loss", ax_loss), ("train/acc", ax_acc), ("val/acc", ax_acc)):
+        for tag, ax in (
+            ("train/loss_epoch", ax_loss),
+            ("val/loss", ax_loss),
+            ("train/acc", ax_acc),
+            ("val/acc", ax_acc),
+        ):
             if tag in curves:
                 x, y = zip(*curves[tag])
                 style = "--" if tag.startswith("train") else "-"

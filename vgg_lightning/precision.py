@@ -24,7 +24,9 @@ def cpu_has_native_bf16() -> bool:
     hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     onednn = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    isa_allows = isa_cap in ("ALL", "DEFAULT") or "AVX512_CORE_BF16" in isa_cap or "AMX" in isa_cap or "AVX10" in isa_cap
+    isa_allows = (
+        isa_cap in ("ALL", "DEFAULT") or "AVX512_CORE_BF16" in isa_cap or "AMX" in isa_cap or "AVX10" in isa_cap
+    )
     return bool(hardware and onednn and isa_allows)
 
 

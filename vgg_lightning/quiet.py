@@ -48,4 +48,6 @@ def silence_upstream_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`.*callbacks: \['TimeBudget'\]\.")
     # The model summary's size estimate assumes 32 bits for mixed precision, which is exactly the size of the
     # fp32 master weights that mixed precision keeps: the estimate is right for this project.
-    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"Precision .* is not supported by the model summary", category=UserWarning
+    )

@@ -72,7 +72,9 @@ class WarmupLinear(_WarmupThenDown):
 SHAPES = {"onecycle": OneCycle, "cosine": WarmupCosine, "linear": WarmupLinear}
 
 
-def build(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def build(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, SHAPES[kind](total_steps, warmup))
 
 

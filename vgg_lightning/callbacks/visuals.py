@@ -9,8 +9,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from typing_extensions import override
 
-from vgg_lightning.pacing import Pace
+from vgg_lightning.callbacks.pacing import Pace
+from vgg_lightning.data.augment import denormalize
 
 
 def prediction_grid(images: torch.Tensor, preds: list[int], labels: list[int], names: list[str], cols: int = 4):
@@ -47,8 +49,16 @@ def prediction_grid(images: torch.Tensor, preds: list[int], labels: list[int], n
         r, c = divmod(i, cols)
         wrong = preds[i] != labels[i]
         text = f"{names[preds[i]]}\n({names[labels[i]]})" if wrong else names[preds[i]]
-        ax.text(c * cell_w + cell_w / 2, r * cell_h + thumb + 3, text, ha="center", va="top", fontsize=points,
-                color="red" if wrong else "black", linespacing=1.0)  # fmt: skip
+        ax.text(
+            c * cell_w + cell_w / 2,
+            r * cell_h + thumb + 3,
+            text,
+            ha="center",
+            va="top",
+            fontsize=points,
+            color="red" if wrong else "black",
+            linespacing=1.0,
+        )
     fig.suptitle("predicted (true, when wrong: red)", fontsize=points, y=0.995, va="top")
     return fig
 
@@ -70,8 +80,15 @@ def confusion_figure(matrix: list[list[int]], names: list[str]):
         ax.set_yticks(range(len(names)), names, fontsize=7.5)
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted", fontsize=8)
     ax.set_ylabel("true", fontsize=8)
     ax.set_title("confusion matrix (validation)", fontsize=8)
@@ -98,19 +115,28 @@ class ValidationVisuals(Callback):
                 return logger.experiment
         return None
 
+    @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Rank 0 alone decides, collects and draws, with no collective operation in between (the forward pass
         # below is the plain module's, not DDP's): the other ranks need not agree.
         self.images, self.preds, self.labels = None, [], []
         self.drawing = (
-            not trainer.sanity_checking and trainer.is_global_zero and self._tensorboard(trainer) is not None
+            not trainer.sanity_checking
+            and trainer.is_global_zero
+            and self._tensorboard(trainer) is not None
             and self.pace.due(trainer)
-        )  # fmt: skip
+        )
 
+    @override
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         have = 0 if self.images is None else len(self.images)
         if not self.drawing or have >= self.num_images:
             return
@@ -120,11 +146,10 @@ class ValidationVisuals(Callback):
             self.preds += pl_module(x).argmax(1).tolist()
         self.labels += y.tolist()
         dm = trainer.datamodule
-        mean = torch.tensor(dm.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(dm.std, device=x.device).view(1, 3, 1, 1)
-        images = ((x.float() * std + mean).clamp(0, 1) * 255).to(torch.uint8).cpu()
+        images = denormalize(x, dm.mean, dm.std).cpu()
         self.images = images if self.images is None else torch.cat([self.images, images])
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report = getattr(pl_module, "last_report", {})
         if not self.drawing or report.get("stage") != "val":

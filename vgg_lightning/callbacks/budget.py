@@ -20,15 +20,16 @@ counted from this command's start. A run whose plan is finished has nothing left
 from __future__ import annotations
 
 import math
-import sys
 import time
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from typing_extensions import override
 
 from vgg_lightning import schedules
+from vgg_lightning.messages import say
 
 # Steps timed before the first plan: the first few (allocation, autotuning) are left out.
 SKIP_STEPS, MEASURE_STEPS = 10, 20
@@ -54,9 +55,13 @@ def parse_duration(value: Any) -> float:
 
 
 def plan_steps(
-    remaining_s: float, step_s: float, epoch_end_s: float, steps_per_epoch: int, done_in_epoch: int,
+    remaining_s: float,
+    step_s: float,
+    epoch_end_s: float,
+    steps_per_epoch: int,
+    done_in_epoch: int,
     cap: Optional[int] = None,
-) -> int:  # fmt: skip
+) -> int:
     """How many more optimizer steps fit into ``remaining_s``, each epoch end (a partial last epoch included)
     costing ``epoch_end_s``. ``done_in_epoch`` steps of the current epoch are already done."""
 
@@ -72,10 +77,6 @@ def plan_steps(
         mid = (low + high + 1) // 2
         low, high = (mid, high) if cost(mid) <= remaining_s else (low, mid - 1)
     return low
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class TimeBudget(Callback):
@@ -104,12 +105,14 @@ class TimeBudget(Callback):
         self._epoch_extra_s: Optional[float] = None  # most expensive epoch so far: its end plus mid-epoch validations
         self._epoch_start_step = 0
         self._start_step = 0  # global step when this command's training started
+        self._printed_steps: Optional[int] = None  # the plan last shown to the user
         self._sanity_start = 0.0
         self._sanity_s_per_batch: Optional[float] = None
         self._user_max_epochs: Optional[int] = None  # the upper bounds given, before plans changed max_epochs
         self._user_max_steps: Optional[int] = None
         self._user_check_val_every: Optional[int] = None
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._user_max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
         self._user_max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
@@ -124,28 +127,36 @@ class TimeBudget(Callback):
         return max(1, math.ceil(int(trainer.num_training_batches) / self._accumulate(trainer)))
 
     # -- measuring ----------------------------------------------------------------------------------------------
+    @override
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sanity_start = self.clock()
 
+    @override
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batches = sum(trainer.num_sanity_val_batches) if trainer.num_sanity_val_batches else 0
         if batches:
             self._sanity_s_per_batch = (self.clock() - self._sanity_start) / batches
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._val_start = self.clock()
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_start is not None and not trainer.sanity_checking:
             seconds = self.clock() - self._val_start
             self._val_in_interval += seconds
             self._val_start = None
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start_step = trainer.global_step
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         now = self.clock()
         if batch_idx == 0 and self._last_batch_end is not None:
             # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,
@@ -166,15 +177,20 @@ class TimeBudget(Callback):
         if self.planned_steps is not None and trainer.global_step == self.planned_steps - 1:
             self._log_final_lr(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._last_batch_end = self.clock()
         if not self.resumed:
             # Step counts, not clock readings, decide when to plan: the same on every rank.
             if not self._first_plan_done and len(self._step_times) - SKIP_STEPS >= MEASURE_STEPS:
                 self._plan(trainer, pl_module)
-            elif (self._next_replan_step is not None and trainer.global_step >= self._next_replan_step
-                  and trainer.global_step < self.planned_steps):  # fmt: skip
+            elif (
+                self._next_replan_step is not None
+                and trainer.global_step >= self._next_replan_step
+                and trainer.global_step < self.planned_steps
+            ):
                 self._plan(trainer, pl_module)
         if self.planned_steps is not None and trainer.global_step >= self.planned_steps:
             self._stop(trainer)
@@ -186,14 +202,15 @@ class TimeBudget(Callback):
             self._user_check_val_every = trainer.check_val_every_n_epoch
             trainer.check_val_every_n_epoch = 1
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._user_check_val_every is not None:
             trainer.check_val_every_n_epoch = self._user_check_val_every
         trained = trainer.global_step > self._start_step
-        if trainer.is_global_zero and trained and self.planned_steps is not None and trainer.global_step >= self.planned_steps:
+        if trained and self.planned_steps is not None and trainer.global_step >= self.planned_steps:
             what = f"the planned budget of {_fmt(self.seconds)}" if self.seconds else "the resumed run's plan"
             used = f"; {_fmt(self.clock() - self.started)} used" if self.seconds else ""
-            _say(f"{what} ended the run after {trainer.global_step:,} steps{used}")
+            say(f"{what} ended the run after {trainer.global_step:,} steps{used}")
 
     # -- planning -----------------------------------------------------------------------------------------------
     def _epoch_extra_estimate(self, trainer: L.Trainer) -> float:
@@ -209,7 +226,7 @@ class TimeBudget(Callback):
 
     def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
         """Rank 0's plan from its own clock and step times (None while nothing was timed)."""
-        recent = self._step_times[max(SKIP_STEPS, self._times_at_plan):]
+        recent = self._step_times[max(SKIP_STEPS, self._times_at_plan) :]
         times = recent if len(recent) >= MEASURE_STEPS else (self._step_times[SKIP_STEPS:] or self._step_times)
         if not times or self.seconds is None:
             return None
@@ -230,8 +247,14 @@ class TimeBudget(Callback):
         # At a step's start that step runs anyway; after it, zero more steps means: stop now.
         planned = done + max(more, 0 if at_batch_end else 1)
         every = max(1, round(REPLAN_EVERY * self.seconds / max(step_s, 1e-9)))
-        return {"planned": planned, "step_s": step_s, "extra_s": extra, "used_s": now - self.started,
-                "next_replan": done + every, "times": len(self._step_times)}  # fmt: skip
+        return {
+            "planned": planned,
+            "step_s": step_s,
+            "extra_s": extra,
+            "used_s": now - self.started,
+            "next_replan": done + every,
+            "times": len(self._step_times),
+        }
 
     def _plan(self, trainer: L.Trainer, pl_module: L.LightningModule, at_batch_end: bool = True) -> None:
         plan = self._compute_plan(trainer, at_batch_end) if trainer.is_global_zero else None
@@ -239,7 +262,7 @@ class TimeBudget(Callback):
             plan = trainer.strategy.broadcast(plan, src=0)  # every rank calls this at the same global step
         if plan is None:
             return
-        first, before = not self._first_plan_done, self.planned_steps or 0
+        first = not self._first_plan_done
         self._first_plan_done = True
         self._times_at_plan = len(self._step_times)
         self._next_replan_step = plan["next_replan"]
@@ -249,15 +272,21 @@ class TimeBudget(Callback):
         pl_module.schedule_steps = self.planned_steps
         for config in trainer.lr_scheduler_configs:
             schedules.resize(config.scheduler, self.planned_steps)
-        changed = abs(self.planned_steps - before) > 0.02 * max(before, 1)
-        if trainer.is_global_zero and (first or (changed and trainer.progress_bar_callback is None)):
+        # A re-plan is news only when it moves what the user expects (the epochs reached) by more than 5%.
+        printed = self._printed_steps or 1
+        changed = abs(self.planned_steps - printed) > 0.05 * printed
+        if first or (changed and trainer.progress_bar_callback is None):
+            self._printed_steps = self.planned_steps
             images = getattr(trainer.datamodule, "hparams", {}).get("batch_size", 0) * trainer.world_size
             images *= self._accumulate(trainer)
-            rate = f" at {images / plan['step_s']:,.0f} img/s measured" if images else f" at {plan['step_s']:.3f} s a step"
+            rate = (
+                f" at {images / plan['step_s']:,.0f} img/s measured" if images else f" at {plan['step_s']:.3f} s a step"
+            )
             what = "budget" if first else "budget re-planned"
-            _say(
-                f"{what} {_fmt(self.seconds)}: {self.planned_steps:,} steps = {self.planned_steps / per_epoch:.1f} epochs"
-                f"{rate}, {plan['extra_s']:.1f} s per epoch end (validation, checkpoints);"
+            epochs = self.planned_steps / per_epoch
+            say(
+                f"{what} {_fmt(self.seconds)}: {self.planned_steps:,} steps = {epochs:.1f} epochs{rate},"
+                f" {plan['extra_s']:.1f} s per epoch end (validation, checkpoints);"
                 f" {_fmt(plan['used_s'])} used so far"
             )
 
@@ -277,10 +306,12 @@ class TimeBudget(Callback):
             logger.log_metrics(stats, step=trainer.global_step)
 
     # -- checkpoints: a resumed run keeps the plan, or re-plans into a new budget ------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         seconds = self.seconds if self.seconds is not None else self._saved_seconds
         return {"seconds": seconds, "planned_steps": self.planned_steps}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.planned_steps = state_dict.get("planned_steps")
         self._saved_seconds = state_dict.get("seconds")
@@ -289,12 +320,14 @@ class TimeBudget(Callback):
         )
         self.resumed = self.planned_steps is not None and same_budget
 
+    @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Before configure_optimizers, so the module sizes its schedule by the plan, not by max_epochs.
         self.load_state_dict(checkpoint.get("callbacks", {}).get(self.state_key, {}))
         if self.planned_steps is not None:
             pl_module.schedule_steps = self.planned_steps
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
         if self.planned_steps is None:
@@ -320,8 +353,7 @@ class TimeBudget(Callback):
                 f" ({_fmt(self._saved_seconds or 0)}): re-planning the steps left into the new budget of"
                 f" {_fmt(self.seconds)}, counted from this command's start"
             )
-        if trainer.is_global_zero:
-            _say(message)
+        say(message)
 
 
 def _fmt(seconds: Optional[float]) -> str:

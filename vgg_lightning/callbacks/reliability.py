@@ -15,7 +15,6 @@ import contextlib
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +25,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
-from vgg_lightning.pacing import Pace
+from vgg_lightning.callbacks.pacing import Pace
+from vgg_lightning.messages import log, say
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,14 +53,17 @@ class LastCheckpoint(ModelCheckpoint):
         hook(trainer, pl_module)
         self.pace.ran(time.perf_counter() - t0)
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._paced(super().on_validation_end, trainer, pl_module)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._paced(super().on_train_epoch_end, trainer, pl_module)
 
 
 class InterruptCheckpoint(Callback):
+    @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != "fit":
             return
@@ -68,14 +72,11 @@ class InterruptCheckpoint(Callback):
             return
         path = Path(ckpt_cb.dirpath) / "last.ckpt"
         trainer.save_checkpoint(path)  # Lightning writes it atomically (temporary file, then rename)
-        if trainer.is_global_zero:
-            what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
-            print(
-                f"\n{what}: saved a resumable checkpoint at global step {trainer.global_step} to {path}.\n"
-                "Resume with: python -m vgg_lightning fit --ckpt_path last (plus the options you started with)",
-                file=sys.stderr,
-                flush=True,
-            )
+        what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
+        say(
+            f"\n{what}: saved a resumable checkpoint at global step {trainer.global_step} to {path}.\n"
+            "Resume with: python -m vgg_lightning fit --ckpt_path last (plus the options you started with)"
+        )
 
 
 class SignalGrace(Callback):
@@ -95,6 +96,7 @@ class SignalGrace(Callback):
         self._pipe: Optional[tuple[int, int]] = None
         self._previous_fd = -1
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self._pipe is not None or threading.current_thread() is not threading.main_thread():
             return
@@ -128,14 +130,14 @@ class SignalGrace(Callback):
             with contextlib.suppress(Exception):
                 proc.kill()
         rank = trainer.global_rank if trainer is not None else 0
-        sys.stderr.write(
+        log.warning(  # from every process that hangs: each says which rank it is
             f"\nrank {rank}: still running {self.grace_s:.0f} s after SIGTERM/Ctrl-C, waiting on another process that"
             " does not answer; ended without a new checkpoint (it needs every process).\n"
-            "Resume from the last one with: python -m vgg_lightning fit --ckpt_path last\n"
+            "Resume from the last one with: python -m vgg_lightning fit --ckpt_path last"
         )
-        sys.stderr.flush()
         os._exit(128 + int(signal.SIGTERM))
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._pipe is None:
             return
@@ -149,6 +151,7 @@ class SignalGrace(Callback):
 class RNGStates(Callback):
     """Saves the RNG states in each checkpoint and restores them on resume."""
 
+    @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -158,6 +161,7 @@ class RNGStates(Callback):
             "python": random.getstate(),
         }
 
+    @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")
         if not states or trainer.state.fn != "fit":
@@ -185,8 +189,10 @@ class NonFiniteLossWatch(Callback):
         self.gpu_check_every = gpu_check_every
         self._first_bad_step: Optional[torch.Tensor] = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -204,8 +210,10 @@ class NonFiniteLossWatch(Callback):
                 f"the training loss became NaN or infinite at global step {step} (epoch {trainer.current_epoch})"
             )
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check(trainer)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +12,10 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from vgg_lightning.files import write_text_atomically
+from vgg_lightning.messages import say
 
 
 def seed_lines(labels: torch.Tensor, preds: torch.Tensor, names: list[str], count: int = 64) -> list[str]:
@@ -32,12 +35,7 @@ def run_folder(trainer: L.Trainer) -> Path:
 
 def write_into_run(out_dir: Path, name: str, text: str) -> Path:
     """Write ``text`` to ``name`` in ``out_dir``, atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    tmp = path.with_name(name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text_atomically(out_dir / name, text)
 
 
 class PredictionReport(Callback):
@@ -48,16 +46,24 @@ class PredictionReport(Callback):
         self.labels: list[torch.Tensor] = []
         self.csv_path: Optional[Path] = None
 
+    @override
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.probs, self.labels = [], []
 
+    @override
     def on_predict_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         self.probs.append(outputs["probs"])
         self.labels.append(outputs["labels"])
 
+    @override
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
             probs, labels = self._gathered(trainer, pl_module)
@@ -66,7 +72,9 @@ class PredictionReport(Callback):
         out_dir = run_folder(trainer)
         if not self.probs or not trainer.is_global_zero:
             return
-        names = pl_module.class_names() if hasattr(pl_module, "class_names") else [str(i) for i in range(probs.shape[1])]
+        names = (
+            pl_module.class_names() if hasattr(pl_module, "class_names") else [str(i) for i in range(probs.shape[1])]
+        )
         top_p, top_i = probs.topk(min(3, probs.shape[1]), dim=1)
         dm = trainer.datamodule
         files = list(getattr(dm, "predict_files", []) or [])
@@ -115,7 +123,7 @@ class PredictionReport(Callback):
         if len(files) > shown:
             print(f"... and {len(files) - shown} more in the CSV")
         for path, why in skipped:
-            print(f"skipped {path}: not a readable image ({why})", file=sys.stderr)
+            say(f"skipped {path}: not a readable image ({why})")
 
 
 class EpochSummary(Callback):
@@ -126,13 +134,17 @@ class EpochSummary(Callback):
         self.start = 0.0
         self.images = 0
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start, self.images = time.perf_counter(), 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.images += len(batch[1])
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before the module's own hook logs and resets the training metrics.
         seconds = time.perf_counter() - self.start
@@ -176,6 +188,7 @@ class TestReport(Callback):
     def __init__(self) -> None:
         self.json_path: Optional[Path] = None
 
+    @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report = dict(getattr(pl_module, "last_report", {}) or {})
         out_dir = run_folder(trainer)

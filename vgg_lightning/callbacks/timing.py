@@ -1,6 +1,6 @@
 """Where the seconds of a whole ``fit`` command go: start-up, data, warm-up, training, validation, figures, checkpoints.
 
-    python -m vgg_lightning fit ... --trainer.callbacks+=vgg_lightning.timing.PhaseTimer
+    python -m vgg_lightning fit ... --trainer.callbacks+=vgg_lightning.callbacks.timing.PhaseTimer
 
 prints, when the process exits, one table from the command's start (imports included) to its end. On a GPU an
 epoch takes under a second, so costs that are noise on a CPU (figures, checkpoint writes, start-up) decide how
@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 
 class PhaseTimer(Callback):
@@ -30,6 +31,7 @@ class PhaseTimer(Callback):
         self._val_start = 0.0
         self._printed = False
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.t["setup"] = time.monotonic()  # after the data module's prepare_data and setup
         io = trainer.strategy.checkpoint_io
@@ -43,29 +45,38 @@ class PhaseTimer(Callback):
         io.save_checkpoint = timed_save  # type: ignore[method-assign]
         atexit.register(self.report)
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t["train start"] = time.monotonic()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch_start = time.monotonic()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._batch_start is not None:
             self.steps.append(time.monotonic() - self._batch_start)
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.monotonic()
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Callbacks run in list order: the figures (ValidationVisuals) and checkpoints come after this hook. The
         # sanity check counts in "model setup, summary, sanity check".
         if not trainer.sanity_checking:
             self.seconds["validation"] += time.monotonic() - self._val_start
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t["fit end"] = time.monotonic()
-        from vgg_lightning.visuals import ValidationVisuals
+        from vgg_lightning.callbacks.visuals import ValidationVisuals
 
         for cb in trainer.callbacks:
             if isinstance(cb, ValidationVisuals):
@@ -81,7 +92,10 @@ class PhaseTimer(Callback):
             ("start-up, imports, options, data", self.t["setup"] - self.started),
             ("model setup, summary, sanity check", self.t["train start"] - self.t["setup"]),
             ("first step (warm-up beyond a typical step)", self.steps[0] - steady),
-            (f"training steps ({len(self.steps)} x {1000 * steady:.1f} ms median)", sum(self.steps) - self.steps[0] + steady),
+            (
+                f"training steps ({len(self.steps)} x {1000 * steady:.1f} ms median)",
+                sum(self.steps) - self.steps[0] + steady,
+            ),
             ("validation", self.seconds["validation"]),
             ("figures", self.seconds["figures"]),
             ("checkpoint writes", self.seconds["checkpoint writes"]),

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
-import tempfile
 import time
 import unicodedata
 import zlib
@@ -23,8 +21,10 @@ from typing import Optional
 
 import torch
 
+from vgg_lightning.data.images import decode_files, image_extensions
 from vgg_lightning.errors import DataError
-from vgg_lightning.images import decode_files, image_extensions
+from vgg_lightning.files import atomic_path
+from vgg_lightning.messages import log
 
 # 2: large images shrunk while decoding (images.decode_image), 16-bit greyscale scaled
 CACHE_VERSION = 2
@@ -169,7 +169,6 @@ def _unsafe_link(link: str, split_real: str, seen: set[str]) -> str:
     return ""
 
 
-
 @dataclass
 class FolderSplit:
     """One split, decoded: what the cache holds."""
@@ -188,10 +187,18 @@ class FolderSplit:
 
     def to_state(self, key: str) -> dict:
         return {
-            "version": CACHE_VERSION, "key": key, "crc32": self.checksum(), "images": self.images, "labels": self.labels,
-            "class_names": self.class_names, "files": self.files, "skipped": [list(s) for s in self.skipped],
-            "ignored": self.ignored, "mean": list(self.mean), "std": list(self.std),
-        }  # fmt: skip
+            "version": CACHE_VERSION,
+            "key": key,
+            "crc32": self.checksum(),
+            "images": self.images,
+            "labels": self.labels,
+            "class_names": self.class_names,
+            "files": self.files,
+            "skipped": [list(s) for s in self.skipped],
+            "ignored": self.ignored,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
     def from_state(cls, state: dict, key: str, image_size: int) -> "FolderSplit":
@@ -200,8 +207,11 @@ class FolderSplit:
             raise ValueError("made for other files or another image size")
         images, labels = state["images"], state["labels"]
         n, names = len(state["files"]), state["class_names"]
-        if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8
-                and tuple(images.shape) == (n, 3, image_size, image_size)):  # fmt: skip
+        if not (
+            isinstance(images, torch.Tensor)
+            and images.dtype == torch.uint8
+            and tuple(images.shape) == (n, 3, image_size, image_size)
+        ):
             raise ValueError("images have the wrong type or shape")
         if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (n,)):
             raise ValueError("labels have the wrong type or shape")
@@ -240,7 +250,7 @@ def cache_path(cache_dir: Path, split_dir: Path, image_size: int) -> Path:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    log.info(message)  # from the process that scans or decodes (prepare_data: one per node)
 
 
 def _decode(listing: FileList, names: list[str], image_size: int, workers: int) -> FolderSplit:
@@ -255,14 +265,21 @@ def _decode(listing: FileList, names: list[str], image_size: int, workers: int) 
     if empty:
         raise DataError(
             f"{listing.root}: no readable image in class folder{'s' if len(empty) > 1 else ''} "
-            f"{', '.join(empty)}" + (f" ({len(skipped)} unreadable files were skipped)" if skipped else "")
+            f"{', '.join(empty)}"
+            + (f" ({len(skipped)} unreadable files were skipped)" if skipped else "")
             + f".\n{LAYOUT}"
         )
     mean, std = channel_stats(images)
     split = FolderSplit(
-        images, labels, names, [listing.files[i] for i in kept],
-        [(str(p.relative_to(listing.root)), why) for p, why in skipped], listing.ignored, mean, std,  # type: ignore[arg-type]
-    )  # fmt: skip
+        images,
+        labels,
+        names,
+        [listing.files[i] for i in kept],
+        [(str(p.relative_to(listing.root)), why) for p, why in skipped],
+        listing.ignored,
+        mean,
+        std,  # type: ignore[arg-type]
+    )
     _say(
         f"decoded {listing.root}: {len(kept):,} images in {time.perf_counter() - t0:.1f} s"
         + (f"; {len(skipped)} unreadable files skipped" if skipped else "")
@@ -271,16 +288,9 @@ def _decode(listing: FileList, names: list[str], image_size: int, workers: int) 
     return split
 
 
-def _write_atomically(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+def _save(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_cache(path: Path, key: str, image_size: int) -> Optional[FolderSplit]:
@@ -297,9 +307,14 @@ def _read_cache(path: Path, key: str, image_size: int) -> Optional[FolderSplit]:
 
 
 def load_split(
-    data_dir: Path, split: str, names: list[str], image_size: int, cache_dir: Path, workers: int = 0,
+    data_dir: Path,
+    split: str,
+    names: list[str],
+    image_size: int,
+    cache_dir: Path,
+    workers: int = 0,
     build: bool = True,
-) -> Optional[FolderSplit]:  # fmt: skip
+) -> Optional[FolderSplit]:
     """The decoded split ``data_dir/<split>``, from the cache when it is current, else decoded and cached.
 
     None when the split folder does not exist. With ``build`` False a missing or stale cache is decoded but not
@@ -321,8 +336,10 @@ def load_split(
     decoded = _decode(listing, names, image_size, workers)
     if build:
         try:
-            _write_atomically(decoded.to_state(key), path)
+            _save(decoded.to_state(key), path)
         except OSError as e:
-            _say(f"could not write the cache {path} ({e.strerror or e}); the next run decodes again."
-                 " Set --data.cache_dir to a writable folder.")  # fmt: skip
+            _say(
+                f"could not write the cache {path} ({e.strerror or e}); the next run decodes again."
+                " Set --data.cache_dir to a writable folder."
+            )
     return decoded

@@ -9,21 +9,19 @@ into a cache (``image_folders``) and then take the same path.
 from __future__ import annotations
 
 import hashlib
-import math
-import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from jsonargparse.typing import NonNegativeInt, PositiveInt
+from typing_extensions import override
 
-from vgg_lightning import image_folders
-from vgg_lightning.augment import normalize, train_augment
-from vgg_lightning.cifar_files import (
+from vgg_lightning.data import image_folders
+from vgg_lightning.data.augment import normalize, train_augment
+from vgg_lightning.data.cifar_files import (
     SPECS,
     download_and_extract,
     find_root,
@@ -31,8 +29,10 @@ from vgg_lightning.cifar_files import (
     read_batches,
     read_class_names,
 )
+from vgg_lightning.data.images import load_images
+from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.errors import ConfigError, DataError
-from vgg_lightning.images import load_images
+from vgg_lightning.messages import say
 
 # Per-channel statistics of each training set (RGB), as the CIFAR literature uses them.
 STATS = {
@@ -43,104 +43,7 @@ DATASETS = (*SPECS, "folder")
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class TensorBatchLoader:
-    """Yields ``(images, labels)`` batches sliced from in-memory tensors.
-
-    Each epoch's order is a permutation seeded by ``(seed, epoch)``, so resumed runs see the same order as
-    uninterrupted ones. Under DDP each rank takes every world_size-th index of that permutation: its own shard,
-    all shards equally long. Lightning calls ``sampler.set_epoch`` on it before each epoch, as on a DataLoader.
-
-    It is stateful (``state_dict``/``load_state_dict``; the data module carries the state through checkpoints):
-    a run resumed from a mid-epoch checkpoint (Ctrl-C, SIGTERM) goes on with the batches that epoch had not seen.
-
-    ``alternate_flip``: mirror each image in every other epoch (airbench's alternating flip). Epoch 0 mirrors a
-    seeded random half; each later epoch mirrors exactly the images the previous one did not, so every image is
-    seen both ways in any two epochs in a row (random flips leave a quarter of them one-sided). The flip is done
-    here because only the loader knows which image is which.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int = 0,
-        alternate_flip: bool = False,
-    ) -> None:
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.alternate_flip = alternate_flip
-        self.epoch = 0
-        self.sampler = self  # where Lightning looks for set_epoch
-        self.batch_sampler = None  # no torch sampler inside: Lightning leaves this loader as it is
-        self.batches_served = 0  # of the current epoch's iteration
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches already served) from a checkpoint
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_served": self.batches_served}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume = (int(state["epoch"]), int(state["batches_served"]))
-
-    def _shard_size(self) -> int:
-        _, world = _rank_and_world()
-        n = len(self.labels)
-        # Training drops the tail so every rank has the same number of images; evaluation pads it by repeating
-        # the first images, as DistributedSampler does.
-        return n // world if self.drop_last else math.ceil(n / world)
-
-    def __len__(self) -> int:
-        n = self._shard_size()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def indices(self) -> torch.Tensor:
-        """This rank's indices for the current epoch, in order."""
-        rank, world = _rank_and_world()
-        n = len(self.labels)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        total = self._shard_size() * world
-        order = order[:total] if total <= n else torch.cat([order, order[: total - n]])
-        return order[rank::world].to(self.labels.device)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self.indices()
-        start = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            start = self._resume[1]  # the same permutation, from where the interrupted run stopped
-        self._resume = None
-        self.batches_served = start
-        mirrored = self.mirrored() if self.alternate_flip else None
-        for i in range(start, len(self)):
-            sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
-            self.batches_served = i + 1
-            images = self.images[sel]
-            if mirrored is not None:
-                images = torch.where(mirrored[sel][:, None, None, None], images.flip(3), images)
-            yield images, self.labels[sel]
-
-    def mirrored(self) -> torch.Tensor:
-        """Which images (by index) the alternating flip mirrors in the current epoch."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919)  # one draw for the whole run
-        first = torch.rand(len(self.labels), generator=g) < 0.5
-        return (first ^ bool(self.epoch % 2)).to(self.labels.device)
-
-
-class CIFARDataModule(L.LightningDataModule):
+class ImageDataModule(L.LightningDataModule):
     """CIFAR-10/100 from the official python archive, or class folders of the user's images; the training images
     are split into train/val by a seeded permutation, and the test set is used by ``test`` only.
 
@@ -250,6 +153,7 @@ class CIFARDataModule(L.LightningDataModule):
         return self.class_names
 
     # -- files ------------------------------------------------------------------------------------------------
+    @override
     def prepare_data(self) -> None:
         """Download CIFAR, or decode and cache class folders: once per node (Lightning calls this on one process)."""
         if self._predicting_files():
@@ -282,9 +186,14 @@ class CIFARDataModule(L.LightningDataModule):
         """A decoded class-folder split; what prepare_data loaded in this process is not read twice."""
         if split not in self._folder_splits_loaded:
             self._folder_splits_loaded[split] = image_folders.load_split(
-                self.data_dir, split, self._folder_class_names(), self.hparams.image_size, self.cache_dir,
-                self.hparams.num_workers, build=build,
-            )  # fmt: skip
+                self.data_dir,
+                split,
+                self._folder_class_names(),
+                self.hparams.image_size,
+                self.cache_dir,
+                self.hparams.num_workers,
+                build=build,
+            )
         return self._folder_splits_loaded[split]
 
     def _root(self) -> Path:
@@ -293,6 +202,7 @@ class CIFARDataModule(L.LightningDataModule):
             raise DataError(missing_data_message(self.data_dir, self.spec, "files missing"))
         return root
 
+    @override
     def setup(self, stage: Optional[str] = None) -> None:
         from_files = stage == "predict" and self.hparams.predict_path is not None
         if from_files and self.predict_set is None:
@@ -341,7 +251,9 @@ class CIFARDataModule(L.LightningDataModule):
             val = self._load_folder_split("val", build=False)
             if val is None:
                 self.train_set, self.val_set = self.split_files(train.images, train.labels, train.files)
-                parts.append(f"{len(self.train_set[1]):,} train + {len(self.val_set[1]):,} val images (split off train/)")
+                parts.append(
+                    f"{len(self.train_set[1]):,} train + {len(self.val_set[1]):,} val images (split off train/)"
+                )
             else:
                 self.train_set, self.val_set = (train.images, train.labels), (val.images, val.labels)
                 parts.append(f"{len(train.labels):,} train + {len(val.labels):,} val images (val/)")
@@ -358,25 +270,19 @@ class CIFARDataModule(L.LightningDataModule):
             parts.append(f"{len(test.labels):,} test images")
             skipped += len(test.skipped)
         self._folder_splits_loaded.clear()  # the splits above hold what they need
-        if self._is_global_zero():
-            size = self.hparams.image_size
-            print(
-                f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
-                + (f", {skipped} unreadable files skipped" if skipped else "")
-                + f" (cache in {self.cache_dir}, {time.perf_counter() - t0:.1f} s)",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-
-    def _is_global_zero(self) -> bool:
-        return self.trainer is None or self.trainer.is_global_zero
+        size = self.hparams.image_size
+        say(
+            f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
+            + (f", {skipped} unreadable files skipped" if skipped else "")
+            + f" (cache in {self.cache_dir}, {time.perf_counter() - t0:.1f} s)"
+        )
 
     def split(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[Split, Split]:
         """(train, val) by a permutation seeded with ``split_seed``: disjoint, complete, repeatable."""
         val_size = self.hparams.val_size
         if val_size >= len(labels):
             raise ConfigError(
-                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images"
-                f" in {self.data_dir}"
+                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images in {self.data_dir}"
             )
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val_idx, train_idx = order[:val_size], order[val_size:]
@@ -390,12 +296,14 @@ class CIFARDataModule(L.LightningDataModule):
         val_size = self.hparams.val_size
         if val_size >= len(labels):
             raise ConfigError(
-                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images"
-                f" in {self.data_dir}"
+                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images in {self.data_dir}"
             )
         seed = self.hparams.split_seed
         # NFC: the same file gets the same side on macOS (NFD names) and elsewhere
-        keys = [hashlib.blake2b(f"{seed}\0{unicodedata.normalize('NFC', f)}".encode(), digest_size=8).digest() for f in files]
+        keys = [
+            hashlib.blake2b(f"{seed}\0{unicodedata.normalize('NFC', f)}".encode(), digest_size=8).digest()
+            for f in files
+        ]
         order = sorted(range(len(files)), key=keys.__getitem__)
         val_idx = torch.tensor(sorted(order[:val_size]), dtype=torch.long)
         train_idx = torch.tensor(sorted(order[val_size:]), dtype=torch.long)
@@ -411,12 +319,14 @@ class CIFARDataModule(L.LightningDataModule):
     # position (a run resumed mid-epoch goes on with the batches that epoch had not seen). Lightning 2.6 saves
     # stateful loaders too, but restores them only if the loader is built after the restore, and sizing the
     # schedule (estimated_stepping_batches) builds it before; the data module's state is restored in time.
+    @override
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std)} if self.mean and self.std else {}
         if self._train_loader is not None:
             state["train_loader"] = self._train_loader.state_dict()
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("mean") and state_dict.get("std"):
             self.mean, self.std = tuple(state_dict["mean"]), tuple(state_dict["std"])
@@ -428,9 +338,15 @@ class CIFARDataModule(L.LightningDataModule):
         bs = self.hparams.batch_size
         alternate = train and self.hparams.flip == "alternate"
         return TensorBatchLoader(
-            *split, batch_size=bs, shuffle=train, drop_last=train, seed=self.hparams.split_seed, alternate_flip=alternate
+            *split,
+            batch_size=bs,
+            shuffle=train,
+            drop_last=train,
+            seed=self.hparams.split_seed,
+            alternate_flip=alternate,
         )
 
+    @override
     def train_dataloader(self) -> TensorBatchLoader:
         self._train_loader = self._loader(self.train_set, train=True)
         if self._train_loader_state is not None:
@@ -438,26 +354,37 @@ class CIFARDataModule(L.LightningDataModule):
             self._train_loader_state = None
         return self._train_loader
 
+    @override
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.val_set, train=False)
 
+    @override
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.test_set, train=False)
 
+    @override
     def predict_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.predict_set if self.predict_set is not None else self.test_set, train=False)
 
     # -- on-device transforms ---------------------------------------------------------------------------------
+    @override
     def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Split:
         if isinstance(batch, torch.Tensor):  # the model summary's example input, already a float batch
             return batch
         images, labels = batch
         if images.dtype == torch.uint8:
             if self.mean is None or self.std is None:
-                raise ConfigError("no normalization known: pass --ckpt_path of a trained run, or --data.mean and --data.std")
+                raise ConfigError(
+                    "no normalization known: pass --ckpt_path of a trained run, or --data.mean and --data.std"
+                )
             if self.trainer is not None and self.trainer.training:
                 h = self.hparams
                 # "alternate" flips are done by the loader, which knows each image's index
                 images = train_augment(images, h.crop_padding, h.flip is True, h.cutout)
             images = normalize(images, self.mean, self.std)
         return images, labels
+
+
+# The name this class had before it also served class folders; checkpoints written then keep their data module's
+# state under it (VGGClassifier.on_load_checkpoint reads it from there).
+CIFARDataModule = ImageDataModule

@@ -52,6 +52,16 @@ def cutout(images: torch.Tensor, size: int, generator: Optional[torch.Generator]
     return images.masked_fill(mask, 0)
 
 
+def normalization_tensors(
+    mean: Sequence[float], std: Sequence[float], device: Optional[torch.device] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (given in [0, 1] units) as (1, 3, 1, 1) float tensors in 0-255 units: what uint8
+    images are normalized with, here, in the exported model and when figures undo it."""
+    m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return m, s
+
+
 def normalize(
     images: torch.Tensor,
     mean: Sequence[float],
@@ -60,10 +70,15 @@ def normalize(
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """uint8 [0, 255] -> float ``(x / 255 - mean) / std`` in the layout the model wants."""
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    m, s = normalization_tensors(mean, std, images.device)
     out = (images.float() - m) / s
     return out.to(dtype=dtype, memory_format=memory_format)
+
+
+def denormalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The inverse of ``normalize``: float batch -> uint8 [0, 255] (rounded, clamped)."""
+    m, s = normalization_tensors(mean, std, batch.device)
+    return (batch.float() * s + m).round().clamp(0, 255).to(torch.uint8)
 
 
 def train_augment(

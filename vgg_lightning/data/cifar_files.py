@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 
 from vgg_lightning.errors import DataError  # noqa: F401  (raised here; importable from here as before)
+from vgg_lightning.messages import log
+
 
 @dataclass(frozen=True)
 class CifarSpec:
@@ -209,7 +210,7 @@ def download_and_extract(
 
 
 def _download_into(data_dir: Path, spec: CifarSpec, url: str, md5: str, timeout: float) -> Path:
-    print(f"Downloading {url} to {data_dir} ...", file=sys.stderr, flush=True)
+    log.info(f"Downloading {url} to {data_dir} ...")  # in prepare_data: once per node
     with tempfile.TemporaryDirectory(prefix=".download-", dir=data_dir) as tmp:
         archive = Path(tmp) / url.rsplit("/", 1)[1]
         try:
@@ -220,7 +221,9 @@ def _download_into(data_dir: Path, spec: CifarSpec, url: str, md5: str, timeout:
             raise DataError(missing_data_message(data_dir, spec, f"download failed: {reason}")) from None
         digest = md5sum(archive)
         if digest != md5:
-            raise DataError(missing_data_message(data_dir, spec, f"downloaded archive has MD5 {digest}, expected {md5}"))
+            raise DataError(
+                missing_data_message(data_dir, spec, f"downloaded archive has MD5 {digest}, expected {md5}")
+            )
         extract_to = Path(tmp) / "extracted"
         try:
             with tarfile.open(archive, "r:gz") as tar:

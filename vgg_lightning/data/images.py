@@ -32,8 +32,15 @@ RASTER_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PP
 # enough for a sharp result, and a 100-megapixel photo never lives in memory at full size more than once.
 _DRAFT_FACTOR = 3
 # EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose does).
-_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-                7: "TRANSVERSE", 8: "ROTATE_90"}  # fmt: skip
+_ORIENTATION = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
 
 def raster_formats() -> tuple[str, ...]:
@@ -199,4 +206,3 @@ def load_images(
     if not kept:
         raise DataError(f"data.predict_path '{pattern}': none of its {len(files)} files is a readable image")
     return images, [files[i] for i in kept], skipped
-

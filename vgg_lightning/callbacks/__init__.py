@@ -1,0 +1,38 @@
+"""The project's Lightning callbacks. The always-on ones are listed in ``configs/default.yaml`` under
+``trainer.callbacks`` (remove or replace them there, or add with ``--trainer.callbacks+=...``); the CLI adds in code
+only those that follow from an option: the time budget (``--trainer.max_time``), the checkpoints (unless
+``--trainer.enable_checkpointing false``) and the learning-rate monitor (with a logger).
+
+- ``budget``: ``TimeBudget``, ``--trainer.max_time`` as a plan, not a guillotine
+- ``reliability``: ``LastCheckpoint``, ``InterruptCheckpoint``, ``SignalGrace``, ``RNGStates``, ``NonFiniteLossWatch``
+- ``reporting``: ``EpochSummary``, ``TestReport``, ``PredictionReport``: what the user reads
+- ``visuals``: ``ValidationVisuals``, the TensorBoard figures
+- ``timing``: ``PhaseTimer``, where a whole command's time goes
+- ``pacing``: when the per-epoch extras above are due
+"""
+
+from vgg_lightning.callbacks.budget import TimeBudget
+from vgg_lightning.callbacks.reliability import (
+    InterruptCheckpoint,
+    LastCheckpoint,
+    NonFiniteLossWatch,
+    RNGStates,
+    SignalGrace,
+)
+from vgg_lightning.callbacks.reporting import EpochSummary, PredictionReport, TestReport
+from vgg_lightning.callbacks.timing import PhaseTimer
+from vgg_lightning.callbacks.visuals import ValidationVisuals
+
+__all__ = [
+    "EpochSummary",
+    "InterruptCheckpoint",
+    "LastCheckpoint",
+    "NonFiniteLossWatch",
+    "PhaseTimer",
+    "PredictionReport",
+    "RNGStates",
+    "SignalGrace",
+    "TestReport",
+    "TimeBudget",
+    "ValidationVisuals",
+]
