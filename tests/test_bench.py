@@ -21,8 +21,8 @@ def test_gpu_report_commands_parse(tmp_path):
     from vgg_lightning.gpu_report import runs
 
     commands = runs(str(tmp_path))
-    assert set(commands) == {"bench_fused", "bench_unfused", "fit_fast", "fit_default", "fit_seed"}
-    for name in ("fit_fast", "fit_seed"):
+    assert set(commands) == {"bench_fused", "bench_unfused", "fit_fast", "fit_default", "fit_blog"}
+    for name in ("fit_fast", "fit_blog"):
         r = subprocess.run(
             [sys.executable, *commands[name], "--print_config"],
             cwd=tmp_path,

@@ -14,7 +14,7 @@ from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.module import VGGClassifier
 from vgg_lightning.runlog import read_scalars
 
-from .test_cli import tiny
+from .helpers.runs import tiny
 
 
 def test_onecycle_shape_is_torchs_onecycle():

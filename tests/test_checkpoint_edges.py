@@ -9,9 +9,8 @@ import torch
 from vgg_lightning import checkpoints
 from vgg_lightning.cli import main
 
-from .test_cli import tiny
-from .test_image_folders import tiny_folder_args, write_tree
-from .test_reliability import run_cli
+from .helpers.data import tiny_folder_args, write_tree
+from .helpers.runs import run_cli, tiny
 
 
 def fit_epochs(data_dir, epochs, *extra):

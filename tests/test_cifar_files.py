@@ -9,7 +9,7 @@ import torch
 from vgg_lightning.data.cifar_files import SPECS, DataError, download_and_extract, find_root, load_pickle, read_batches
 from vgg_lightning.data.datamodule import ImageDataModule
 
-from .conftest import write_pickle
+from .helpers.data import write_pickle
 
 
 def test_reads_cifar10(cifar10_dir):

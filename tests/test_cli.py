@@ -1,7 +1,5 @@
 """The command line end to end, in-process (fast) and as a subprocess where the exit status matters."""
 
-import subprocess
-import sys
 import urllib.error
 
 import pytest
@@ -10,27 +8,7 @@ import torch
 from vgg_lightning.cli import main
 from vgg_lightning.module import VGGClassifier
 
-
-def tiny(data_dir, *extra):
-    return [
-        "--data.data_dir",
-        str(data_dir),
-        "--data.download",
-        "false",
-        "--data.val_size",
-        "40",
-        "--data.batch_size",
-        "16",
-        "--model.arch",
-        "vgg11",
-        "--model.width",
-        "0.125",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
+from .helpers.runs import run_cli_to_end, tiny
 
 
 @pytest.fixture
@@ -151,25 +129,19 @@ def test_offline_message(workdir, monkeypatch, capsys):
     assert "tar -xzf" in err and "Traceback" not in err
 
 
-def run_cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "vgg_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_missing_data_subprocess(workdir):
-    r = run_cli("fit", "--data.data_dir", str(workdir / "empty"), "--data.download", "false", cwd=workdir)
+    r = run_cli_to_end("fit", "--data.data_dir", str(workdir / "empty"), "--data.download", "false", cwd=workdir)
     assert r.returncode == 1
     assert "download is off" in r.stderr and "Traceback" not in r.stderr
     assert not (workdir / "lightning_logs").exists() or not any((workdir / "lightning_logs").rglob("*.ckpt"))
 
 
 def test_help_and_print_config(workdir):
-    r = run_cli("--help", cwd=workdir)
+    r = run_cli_to_end("--help", cwd=workdir)
     assert r.returncode == 0
     for sub in ("fit", "validate", "test", "predict"):
         assert sub in r.stdout
-    r = run_cli("fit", "--print_config", "--model.lr", "0.05", cwd=workdir)
+    r = run_cli_to_end("fit", "--print_config", "--model.lr", "0.05", cwd=workdir)
     assert r.returncode == 0
     assert "arch: vgg16" in r.stdout and "lr: 0.05" in r.stdout and "dataset: cifar10" in r.stdout
 
@@ -185,7 +157,7 @@ def test_help_and_print_config(workdir):
     ],
 )
 def test_bad_options_exit_2(option, workdir):
-    r = run_cli("fit", *option, cwd=workdir)
+    r = run_cli_to_end("fit", *option, cwd=workdir)
     assert r.returncode == 2, r.stderr
     assert option[0].lstrip("-") in r.stderr or option[1] in r.stderr
     assert not (workdir / "lightning_logs").exists()
@@ -193,7 +165,7 @@ def test_bad_options_exit_2(option, workdir):
 
 def test_data_dir_that_is_a_file(workdir):
     (workdir / "afile").write_text("x")
-    r = run_cli("fit", "--data.data_dir", "afile", cwd=workdir)
+    r = run_cli_to_end("fit", "--data.data_dir", "afile", cwd=workdir)
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
 
 

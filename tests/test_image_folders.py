@@ -9,36 +9,11 @@ from PIL import Image
 
 from vgg_lightning.cli import main
 from vgg_lightning.data import image_folders
-from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import DataError
 
+from .helpers.data import COLOURS, dm_for, tiny_folder_args, write_image, write_tree
+
 # Each class has its own colour, so a net can learn the tree.
-COLOURS = {"bird": (30, 60, 220), "cat": (220, 40, 40), "dog": (40, 200, 60)}
-
-
-def write_image(path: Path, colour, size=(40, 30), mode="RGB", seed=0) -> None:
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour)[None, None, :] + rng.integers(-30, 30, (size[1], size[0], 3)), 0, 255)
-    img = Image.fromarray(pixels.astype(np.uint8), "RGB")
-    if mode != "RGB":
-        img = img.convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-
-
-def write_tree(root: Path, split: str, per_class: int, classes=tuple(COLOURS), seed: int = 0) -> Path:
-    """``root/split/<class>/`` with PNG and JPEG files of odd sizes; every fourth one grey, every fifth RGBA."""
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            mode = "L" if i % 4 == 3 else "RGBA" if i % 5 == 4 else "RGB"
-            ext = "png" if i % 2 else "jpg"
-            if mode == "RGBA":
-                ext = "png"
-            size = (33 + (i * 7) % 30, 32 + (i * 11) % 40)
-            write_image(
-                root / split / name / f"{i:03d}.{ext}", COLOURS[name], size, mode, seed=seed * 1000 + c * 100 + i
-            )
-    return root
 
 
 @pytest.fixture
@@ -50,11 +25,6 @@ def tree(tmp_path) -> Path:
     (root / "train" / "dog" / "notes.txt").write_text("not an image")
     (root / "train" / "dog" / ".DS_Store").write_bytes(b"\0\0")
     return root
-
-
-def dm_for(root: Path, tmp_path: Path, **kwargs) -> ImageDataModule:
-    kwargs = {"val_size": 6, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
-    return ImageDataModule(dataset="folder", data_dir=str(root), **kwargs)
 
 
 def test_classes_labels_and_decoding(tree, tmp_path, capsys):
@@ -196,30 +166,6 @@ def test_layout_errors_name_the_folder(tmp_path):
     extra = write_tree(tmp_path / "d", "train", 2, classes=("cat", "dog"))
     write_tree(extra, "val", 1, classes=("bird",))
     assert "class folders that train/ lacks: bird" in layout_error(extra, tmp_path)
-
-
-def tiny_folder_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "--data.dataset",
-        "folder",
-        "--data.data_dir",
-        str(root),
-        "--data.val_size",
-        "6",
-        "--data.batch_size",
-        "8",
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--model.arch",
-        "vgg11",
-        "--model.width",
-        "0.125",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
 
 
 def test_cli_fit_validate_test_predict_on_folders(tree, tmp_path, monkeypatch, capsys):

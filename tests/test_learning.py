@@ -7,8 +7,8 @@ import pytest
 
 from vgg_lightning.cli import main
 
-from .conftest import write_cifar10
-from .test_cli import tiny
+from .helpers.data import write_cifar10
+from .helpers.runs import tiny
 
 SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from vgg_lightning.models import ARCHS, CONFIGS, SeedNet, build_model, count_parameters
+from vgg_lightning.models import ARCHS, CONFIGS, BlogVGG16, build_model, count_parameters
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -35,7 +35,7 @@ def test_known_counts():
     # VGG-16-BN with a linear CIFAR head (pytorch-cifar's VGG16 has 4,224 more: conv biases before BN).
     assert count_parameters(build_model("vgg16")) == 14_724_042
     # The article's network, as printed.
-    assert count_parameters(build_model("seed")) == 14_777_162
+    assert count_parameters(build_model("blog_vgg16")) == 14_777_162
 
 
 def test_width_scales_channels():
@@ -61,7 +61,7 @@ def test_head_options():
 
 
 def test_seed_net_layout():
-    net = SeedNet()
+    net = BlogVGG16()
     convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
     assert len(convs) == 13
     one_by_one = [i + 1 for i, c in enumerate(convs) if c.kernel_size == (1, 1)]

@@ -3,7 +3,7 @@ import torch
 from vgg_lightning.cli import main
 from vgg_lightning.module import VGGClassifier
 
-from .test_cli import tiny
+from .helpers.runs import tiny
 
 
 def test_flip_tta_is_mirror_symmetric():

@@ -13,8 +13,8 @@ from PIL import Image
 from vgg_lightning.cli import main
 from vgg_lightning.module import VGGClassifier
 
-from .conftest import CIFAR10_NAMES, write_cifar10
-from .test_cli import tiny
+from .helpers.data import CIFAR10_NAMES, write_cifar10
+from .helpers.runs import tiny
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns(cpu):
 def test_the_cli_prints_one_line_for_its_choice(cpu, cifar10_dir, tmp_path, monkeypatch, capsys):
     from vgg_lightning.cli import main
 
-    from .test_cli import tiny
+    from .helpers.runs import tiny
 
     cpu(False)
     monkeypatch.chdir(tmp_path)

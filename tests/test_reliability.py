@@ -4,8 +4,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -16,9 +14,7 @@ import torch
 from vgg_lightning.cli import main
 from vgg_lightning.data.datamodule import ImageDataModule
 
-from .test_cli import tiny
-
-REPO = Path(__file__).resolve().parent.parent
+from .helpers.runs import run_cli, tiny, wait_for
 
 
 def mirror(data_dir: Path, tmp_path: Path) -> tuple[str, str]:
@@ -50,33 +46,9 @@ def test_download_with_wrong_md5_leaves_nothing(cifar10_dir, tmp_path):
     assert not target.exists()
 
 
-def run_cli(args, cwd, extra_env=None, **kwargs):
-    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "vgg_lightning", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
-
-
 def long_fit_args(data_dir, epochs=4):
     # batch 4: 40 steps per epoch, so a kill lands mid-epoch
     return ["fit", *tiny(data_dir, "--data.batch_size", "4", "--trainer.max_epochs", str(epochs))]
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before {path} appeared:\n{proc.stderr.read()[-3000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear in {timeout} s")
-        time.sleep(0.05)
 
 
 def final_state(run_dir: Path) -> dict:

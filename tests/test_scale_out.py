@@ -15,8 +15,7 @@ from PIL import Image
 from vgg_lightning.cli import main
 from vgg_lightning.runlog import read_scalars
 
-from .test_cli import tiny
-from .test_reliability import run_cli, wait_for
+from .helpers.runs import run_cli, tiny, wait_for
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 

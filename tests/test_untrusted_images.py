@@ -17,7 +17,7 @@ from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.data.image_folders import scan
 from vgg_lightning.data.images import decode_files, decode_image, find_files
 
-from .test_image_folders import COLOURS, dm_for, write_image, write_tree
+from .helpers.data import COLOURS, dm_for, write_image, write_tree
 
 POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 

@@ -1,7 +1,7 @@
 """Lightning's ``fit`` path against a minimal hand-written PyTorch loop, same model and data path.
 
     python -m vgg_lightning.bench                      # synthetic uint8 images
-    python -m vgg_lightning.bench --data_dir ../shared/data/cifar10-subset
+    python -m vgg_lightning.bench --data_dir data   # CIFAR files, or a class-folder tree
     python -m vgg_lightning.bench --help
 
 Both loops train the same network with the same batch size, optimizer (Nesterov SGD, per-step OneCycle),
@@ -225,7 +225,7 @@ def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple
         labels = torch.randint(0, 10, (n,), generator=g)
         source = f"synthetic uint8 tensors ({n} images)"
     else:
-        folder = (Path(data_dir) / "train").is_dir()  # class folders (e.g. ../shared/data/cifar10-jpeg)
+        folder = (Path(data_dir) / "train").is_dir()  # class folders (DIR/train/<class>/*)
         dm = ImageDataModule(dataset="folder" if folder else "cifar10", data_dir=data_dir, download=False, val_size=1)
         dm.prepare_data()
         dm.setup("fit")
@@ -254,7 +254,7 @@ def run(
     """Benchmark; prints a table and returns the medians.
 
     Args:
-        arch: network (``vgg11``..``vgg19``, ``seed``).
+        arch: network (``vgg11``..``vgg19``, ``blog_vgg16``).
         width: channel factor of the VGG.
         batch_size: images per step.
         steps: timed steps per run, after ``warmup`` untimed ones.

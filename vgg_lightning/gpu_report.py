@@ -1,11 +1,12 @@
 """The GPU measurements the recipes need, as one prepared run (for a machine with a GPU, minutes counted).
 
-    python -m vgg_lightning.gpu_report --data_dir ../shared/data/cifar10-jpeg --out OUT_DIR
+    python -m vgg_lightning.gpu_report --data_dir DIR --out OUT_DIR
 
 Runs, each timed from the shell's point of view (start-up and imports included) with its output in OUT_DIR:
 the bench (Lightning vs a plain loop, batch 512, bf16; fused SGD on and off), ``fit`` with ``configs/fast.yaml``
-and ``configs/default.yaml`` on the class-folder copy of CIFAR-10 with the phase table of ``timing.PhaseTimer``,
-and the seed article's run (``configs/seed.yaml``, 20 epochs). ``--only`` picks some of them.
+and ``configs/default.yaml`` on CIFAR-10 as class folders (``DIR/train/<class>/*``) with the phase table of
+``callbacks.PhaseTimer``, and the blog article's run (``configs/blog_vgg16.yaml``, 20 epochs).
+``--only`` picks some of them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _fit(config: str, data_dir: str) -> list[str]:
         "5000",
         "--trainer.enable_progress_bar",
         "false",
-        "--trainer.callbacks+=vgg_lightning.callbacks.timing.PhaseTimer",
+        "--trainer.callbacks+=vgg_lightning.callbacks.PhaseTimer",
     ]
 
 
@@ -58,12 +59,12 @@ def runs(data_dir: str) -> dict[str, list[str]]:
         "bench_unfused": [*bench, "--fused", "false"],
         "fit_fast": _fit("fast.yaml", data_dir),
         "fit_default": _fit("default.yaml", data_dir),
-        "fit_seed": _fit("seed.yaml", data_dir),
+        "fit_blog": _fit("blog_vgg16.yaml", data_dir),
     }
 
 
 def main(
-    data_dir: str = "../shared/data/cifar10-jpeg",
+    data_dir: str,
     out: str = "gpu_report",
     only: Optional[list[str]] = None,
     timeout: int = 600,
@@ -73,7 +74,7 @@ def main(
     Args:
         data_dir: the class-folder copy of CIFAR-10 (train/<class>/*.jpg).
         out: folder for the logs.
-        only: names of the runs to do (bench_fused, bench_unfused, fit_fast, fit_default, fit_seed); default all.
+        only: names of the runs to do (bench_fused, bench_unfused, fit_fast, fit_default, fit_blog); default all.
         timeout: seconds each run may take.
     """
     out_dir = Path(out)

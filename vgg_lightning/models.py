@@ -1,11 +1,11 @@
 """VGG networks for 32x32 images, built from plain config lists as torchvision's ``models/vgg.py`` does.
 
 ``vgg11/13/16/19`` follow torchvision's configs A, B, D and E; the CIFAR head replaces the 4096-wide ImageNet
-classifier (the feature map is 1x1x512 after five pools of a 32x32 image). ``seed`` is the blog article's
+classifier (the feature map is 1x1x512 after five pools of a 32x32 image). ``blog_vgg16`` is the blog article's
 "VGG-16" exactly as it printed it, kept so users can compare against it.
 
 Both take any image size of 32 or more: an adaptive average pool before the head brings the feature map to the
-size the head was built for (1x1 for VGG, 4x4 for the seed), which is an identity at 32x32.
+size the head was built for (1x1 for VGG, 4x4 for blog_vgg16), which is an identity at 32x32.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ CONFIGS: dict[str, list[Union[int, str]]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-ARCHS = (*CONFIGS, "seed")
+ARCHS = (*CONFIGS, "blog_vgg16")
 
 
 def make_layers(cfg: list[Union[int, str]], batch_norm: bool, width: float = 1.0) -> nn.Sequential:
@@ -77,7 +77,7 @@ class VGG(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
-class SeedNet(nn.Module):
+class BlogVGG16(nn.Module):
     """The article's network, layer for layer: no ReLU inside a stack, 1x1 convs padded by 1, pooling padded
     from the second stack on, then pool -> BN -> ReLU after each stack and three FC layers (14,777,162 params)."""
 
@@ -136,9 +136,9 @@ def build_model(
     head_hidden: int = 0,
     dropout: float = 0.0,
 ) -> nn.Module:
-    """The network named by ``arch``; ``seed`` ignores the VGG-only options, as the article fixed them."""
-    if arch == "seed":
-        return SeedNet(num_classes=num_classes)
+    """The network named by ``arch``; ``blog_vgg16`` ignores the VGG-only options, as the article fixed them."""
+    if arch in ("blog_vgg16", "seed"):  # "seed": its name in older checkpoints
+        return BlogVGG16(num_classes=num_classes)
     if arch not in CONFIGS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout)

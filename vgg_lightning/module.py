@@ -32,7 +32,7 @@ class VGGClassifier(L.LightningModule):
     """VGG on CIFAR or your own class folders.
 
     Args:
-        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``seed`` (the blog article's network).
+        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``blog_vgg16`` (the blog article's "VGG-16", as printed).
         batch_norm: BatchNorm after each convolution (the "-BN" variants).
         width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
         head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
@@ -64,7 +64,7 @@ class VGGClassifier(L.LightningModule):
 
     def __init__(
         self,
-        arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "seed"] = "vgg16",
+        arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "blog_vgg16"] = "vgg16",
         batch_norm: bool = True,
         width: PositiveFloat = 1.0,
         head_hidden: NonNegativeInt = 0,

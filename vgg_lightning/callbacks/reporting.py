@@ -1,4 +1,4 @@
-"""What ``predict`` shows: the seed article's GroundTruth/Predicted lines, accuracy, and a CSV of predictions."""
+"""What ``predict`` shows: the blog article's GroundTruth/Predicted lines, accuracy, and a CSV of predictions."""
 
 from __future__ import annotations
 
