@@ -1,5 +1,6 @@
 """--trainer.max_time as a planned budget: the planner on a fake clock, and one short real run."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -208,15 +209,45 @@ def test_resume_of_a_finished_plan_says_nothing_is_left(cifar10_dir, tmp_path, c
     assert "nothing left to train" in capsys.readouterr().err
 
 
-def test_a_real_short_budget_ends_in_time_and_annealed(cifar10_dir, tmp_path, monkeypatch, capsys):
+def test_a_real_short_budget_ends_in_time_and_annealed(cifar10_dir, tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
     started = time.monotonic()
     args = tiny(cifar10_dir, "--trainer.max_time", "00:00:00:40", "--trainer.max_epochs", "1000", "--model.lr", "0.05")
     assert main(["fit", *args], started=started) == 0
     took = time.monotonic() - started
     assert 0.9 * 40 <= took <= 1.03 * 40, took
-    assert "budget 40.0 s: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "budget 40.0 s: " in err
+    # the last word is the budget's, not Lightning's "`max_epochs=N` reached" (N was the plan's)
+    assert "the planned budget of 40.0 s ended the run after" in err
+    assert "max_epochs" not in caplog.text and "`Trainer.fit` stopped" not in caplog.text
     lr = read_scalars(tmp_path / "lightning_logs" / "version_0")["lr-SGD/pg1"]
     ckpt = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert lr[-1][0] == ckpt["global_step"] - 1  # the last step's learning rate is logged ...
     assert lr[-1][1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-3)  # ... and is the schedule's final value
+
+
+def test_a_long_run_without_a_budget_says_how_long_it_will_take(cifar10_dir, tmp_path, capsys):
+    from vgg_lightning.callbacks import RunForecast
+
+    from .helpers import StopAfterEpoch
+
+    clock = FakeClock()  # 1 s a step, 10 steps an epoch
+    model = VGGClassifier(arch="vgg11", width=0.125)
+    data = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=100,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock, RunForecast(clock=clock), StopAfterEpoch(4)],
+    )
+    trainer.fit(model, datamodule=data)
+    err = capsys.readouterr().err
+    assert "expected: about 17 min for 100 epochs (1,000 steps at 1.000 s, 16 img/s)" in err
+    assert "`--config configs/cpu.yaml` trains the best VGG that fits in 15 minutes" in err
+    assert err.count("expected:") == 1

@@ -12,7 +12,7 @@ import warnings
 class _DropMessages(logging.Filter):
     def __init__(self, *fragments: str) -> None:
         super().__init__()
-        self.fragments = fragments
+        self.fragments = list(fragments)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -30,6 +30,18 @@ _FILTER = _DropMessages(
     # Lightning explaining how it sizes the schedule; the budget or the epochs say it in the user's terms.
     "to estimate number of stepping batches",
 )
+
+
+def drop_upstream(fragment: str) -> None:
+    """Silence one more upstream message from now on, for a reason the caller knows (see its comment)."""
+    if fragment not in _FILTER.fragments:
+        _FILTER.fragments.append(fragment)
+
+
+def allow_upstream(fragment: str) -> None:
+    """Undo ``drop_upstream``."""
+    if fragment in _FILTER.fragments:
+        _FILTER.fragments.remove(fragment)
 
 
 def silence_upstream_noise() -> None:

@@ -5,7 +5,7 @@ only those that follow from an option: the time budget (``--trainer.max_time``),
 
 - ``budget``: ``TimeBudget``, ``--trainer.max_time`` as a plan, not a guillotine
 - ``reliability``: ``LastCheckpoint``, ``InterruptCheckpoint``, ``SignalGrace``, ``RNGStates``, ``NonFiniteLossWatch``
-- ``reporting``: ``EpochSummary``, ``TestReport``, ``PredictionReport``: what the user reads
+- ``reporting``: ``EpochSummary``, ``RunForecast``, ``TestReport``, ``PredictionReport``: what the user reads
 - ``visuals``: ``ValidationVisuals``, the TensorBoard figures
 - ``timing``: ``PhaseTimer``, where a whole command's time goes
 - ``pacing``: when the per-epoch extras above are due
@@ -19,7 +19,7 @@ from vgg_lightning.callbacks.reliability import (
     RNGStates,
     SignalGrace,
 )
-from vgg_lightning.callbacks.reporting import EpochSummary, PredictionReport, TestReport
+from vgg_lightning.callbacks.reporting import EpochSummary, PredictionReport, RunForecast, TestReport
 from vgg_lightning.callbacks.timing import PhaseTimer
 from vgg_lightning.callbacks.visuals import ValidationVisuals
 
@@ -31,6 +31,7 @@ __all__ = [
     "PhaseTimer",
     "PredictionReport",
     "RNGStates",
+    "RunForecast",
     "SignalGrace",
     "TestReport",
     "TimeBudget",

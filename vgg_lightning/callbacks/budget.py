@@ -28,7 +28,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from typing_extensions import override
 
-from vgg_lightning import schedules
+from vgg_lightning import quiet, schedules
 from vgg_lightning.messages import say
 
 # Steps timed before the first plan: the first few (allocation, autotuning) are left out.
@@ -40,6 +40,7 @@ REPLAN_EVERY = 0.05
 # Schedule length before the first plan when nothing else bounds the run (max_epochs -1): the first plan, a few
 # dozen steps in, resizes it; until then the schedule is in its warm-up either way.
 UNPLANNED_STEPS = 10**9
+LIGHTNING_STOP_MESSAGE = "`Trainer.fit` stopped: "
 
 
 def parse_duration(value: Any) -> float:
@@ -197,6 +198,8 @@ class TimeBudget(Callback):
 
     def _stop(self, trainer: L.Trainer) -> None:
         trainer.should_stop = True  # Lightning then validates, checkpoints and ends the fit
+        # Lightning would close with "`max_epochs=N` reached": the plan set N; the budget's own line says why.
+        quiet.drop_upstream(LIGHTNING_STOP_MESSAGE)
         # The final model is always validated (and so checkpointed), also in an epoch that would not validate.
         if trainer.check_val_every_n_epoch not in (None, 1):
             self._user_check_val_every = trainer.check_val_every_n_epoch
@@ -204,6 +207,7 @@ class TimeBudget(Callback):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        quiet.allow_upstream(LIGHTNING_STOP_MESSAGE)  # said (or not) by now; later fits in this process say it
         if self._user_check_val_every is not None:
             trainer.check_val_every_n_epoch = self._user_check_val_every
         trained = trainer.global_step > self._start_step

@@ -1,10 +1,12 @@
-"""What ``predict`` shows: the blog article's GroundTruth/Predicted lines, accuracy, and a CSV of predictions."""
+"""What the user reads: the test table, predict's printout (the blog article's GroundTruth/Predicted lines) and CSV,
+the per-epoch lines, and the whole run's expected time."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -165,6 +167,81 @@ class EpochSummary(Callback):
                 parts.append(f"{label} {float(m[key]):.4f}")
         parts.append(f"{seconds:.1f} s")
         print(" | ".join(parts), flush=True)
+
+
+class RunForecast(Callback):
+    """One line, once the first steps are timed, with the whole run's expected time, for runs without a time budget
+    (a budget says its own plan). On a CPU, where the GPU recipes take hours, it names the recipe that fits in 15
+    minutes. Runs expected to take under ``min_s`` say nothing."""
+
+    def __init__(self, skip: int = 10, measure: int = 20, min_s: float = 120.0, clock=time.perf_counter) -> None:
+        self.skip, self.measure, self.min_s, self.clock = skip, measure, min_s, clock
+        self._intervals: list[float] = []
+        self._last: Optional[float] = None
+        self._done = False
+        self._sanity_start = 0.0
+        self._val_s_per_batch = 0.0
+        self._started = clock()
+
+    @override
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sanity_start = self.clock()
+
+    @override
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = sum(trainer.num_sanity_val_batches) if trainer.num_sanity_val_batches else 0
+        if batches:
+            self._val_s_per_batch = (self.clock() - self._sanity_start) / batches
+
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._done:
+            return
+        from vgg_lightning.callbacks.budget import TimeBudget
+
+        if any(isinstance(cb, TimeBudget) for cb in trainer.callbacks) or trainer.fast_dev_run:
+            self._done = True
+            return
+        now = self.clock()
+        if batch_idx > 0 and self._last is not None:  # within an epoch: no validation in between
+            self._intervals.append(now - self._last)
+        self._last = now
+        if len(self._intervals) >= self.skip + self.measure:
+            self._done = True
+            self._forecast(trainer, now)
+
+    def _forecast(self, trainer: L.Trainer, now: float) -> None:
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            return
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        batch_s = sum(self._intervals[self.skip :]) / len(self._intervals[self.skip :])
+        per_epoch = max(1, int(trainer.num_training_batches))
+        batches_left = max(0, int(steps) * accumulate - trainer.global_step * accumulate)
+        epochs = math.ceil(int(steps) * accumulate / per_epoch)
+        epochs_left = math.ceil(batches_left / per_epoch)
+        val_s = self._val_s_per_batch * sum(trainer.num_val_batches) if trainer.num_val_batches else 0.0
+        total = now - self._started + batches_left * batch_s + epochs_left * val_s
+        if total < self.min_s:
+            return
+        images = getattr(trainer.datamodule, "hparams", {}).get("batch_size", 0) * trainer.world_size
+        rate = f", {images / batch_s:,.0f} img/s" if images else ""
+        line = f"expected: about {_duration(total)} for {epochs} epochs ({int(steps):,} steps at {batch_s:.3f} s{rate})"
+        if trainer.strategy.root_device.type == "cpu" and total > 15 * 60:
+            line += (
+                ". On this CPU, `--config configs/cpu.yaml` trains the best VGG that fits in 15 minutes, and"
+                " `--trainer.max_time DD:HH:MM:SS` plans any recipe into the time you have"
+            )
+        say(line)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{max(1, minutes)} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def format_report(report: dict) -> str:
