@@ -184,3 +184,16 @@ def test_fit_without_a_logger(cifar10_dir, workdir):
     )
     assert main(["fit", *args]) == 0
     assert (workdir / "checkpoints" / "last.ckpt").is_file() and not (workdir / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "cpu.yaml", "fast.yaml", "blog_vgg16.yaml"])
+def test_every_recipe_loads_and_opens_with_its_header(config, workdir):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    header = path.read_text().splitlines()[:3]
+    assert all(line.startswith("# ") for line in header)  # what it is, its number, how it was measured
+    assert "Measured" in header[2] and "results.md" in header[2]
+    r = run_cli_to_end("fit", "--config", str(path), "--print_config", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "vgg_lightning.callbacks.EpochSummary" in r.stdout  # the always-on callbacks, from default.yaml
