@@ -31,4 +31,4 @@ def test_gpu_report_commands_parse(tmp_path):
             timeout=120,
         )
         assert r.returncode == 0, r.stderr[-2000:]
-        assert "dataset: folder" in r.stdout and "vgg_lightning.callbacks.timing.PhaseTimer" in r.stdout
+        assert "dataset: folder" in r.stdout and "vgg_lightning.callbacks.PhaseTimer" in r.stdout

@@ -233,9 +233,7 @@ def test_readme_snippet_classifies_an_image(in_run, tmp_path):
 def test_phase_timer_splits_the_whole_command(cifar10_dir, tmp_path):
     import subprocess
 
-    args = tiny(
-        cifar10_dir, "--trainer.max_epochs", "2", "--trainer.callbacks+=vgg_lightning.callbacks.timing.PhaseTimer"
-    )
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "2", "--trainer.callbacks+=vgg_lightning.callbacks.PhaseTimer")
     r = subprocess.run(
         [sys.executable, "-m", "vgg_lightning", "fit", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )

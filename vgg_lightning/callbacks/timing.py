@@ -1,6 +1,6 @@
 """Where the seconds of a whole ``fit`` command go: start-up, data, warm-up, training, validation, figures, checkpoints.
 
-    python -m vgg_lightning fit ... --trainer.callbacks+=vgg_lightning.callbacks.timing.PhaseTimer
+    python -m vgg_lightning fit ... --trainer.callbacks+=vgg_lightning.callbacks.PhaseTimer
 
 prints, when the process exits, one table from the command's start (imports included) to its end. On a GPU an
 epoch takes under a second, so costs that are noise on a CPU (figures, checkpoint writes, start-up) decide how

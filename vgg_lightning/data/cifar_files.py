@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vgg_lightning.errors import DataError  # noqa: F401  (raised here; importable from here as before)
+from vgg_lightning.errors import DataError  # noqa: F401  (raised here; importable from here too)
 from vgg_lightning.messages import log
 
 
