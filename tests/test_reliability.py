@@ -190,3 +190,30 @@ def test_ddp_on_two_cpu_processes(cifar10_dir, tmp_path):
     shard0, shard1 = set(ranks[0]["indices"][0]), set(ranks[1]["indices"][0])
     assert len(shard0) == len(shard1) == 80 and not shard0 & shard1  # 160 training images, split in two
     assert ranks[0]["val_acc"] == ranks[1]["val_acc"] and len(ranks[0]["val_acc"]) == 1  # synced metric
+
+
+def _grace_with_a_signal(monkeypatch, handled: bool) -> list:
+    """A SignalGrace armed in this process, a SIGTERM that Python's handler swallows, and os._exit recorded."""
+    from vgg_lightning.callbacks import SignalGrace, reliability
+
+    exits = []
+    monkeypatch.setattr(reliability.os, "_exit", exits.append)
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # as Lightning's handler: the signal is noted
+    try:
+        grace = SignalGrace(grace_s=0.5)
+        grace.setup(None, None, "fit")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        if handled:
+            grace.on_exception(None, None, KeyboardInterrupt())  # the fit handled it: not stuck
+        time.sleep(1.0)
+        if not handled:
+            grace.teardown(None, None, "fit")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return exits
+
+
+def test_signal_grace_ends_a_stuck_process_only(monkeypatch):
+    assert _grace_with_a_signal(monkeypatch, handled=False) == [128 + signal.SIGTERM]  # stuck: ended
+    assert _grace_with_a_signal(monkeypatch, handled=True) == []  # handled in time: the process goes on

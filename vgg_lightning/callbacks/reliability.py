@@ -95,6 +95,10 @@ class SignalGrace(Callback):
         self._trainer: Optional[L.Trainer] = None
         self._pipe: Optional[tuple[int, int]] = None
         self._previous_fd = -1
+        # Set once the fit has ended or has handled its exception (InterruptCheckpoint, listed before this
+        # callback, saved by then): from there on the process is not stuck, and a signal must not end it later
+        # (a notebook's kernel goes on after an interrupted fit).
+        self._disarmed = threading.Event()
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -108,20 +112,24 @@ class SignalGrace(Callback):
             os.close(read_fd), os.close(write_fd)
             return
         self._trainer, self._pipe = trainer, (read_fd, write_fd)
+        self._disarmed.clear()
         threading.Thread(target=self._watch, args=(read_fd,), daemon=True, name="signal-grace").start()
 
     def _watch(self, read_fd: int) -> None:
         stop_signals = {int(signal.SIGTERM), int(signal.SIGINT)}
-        while True:
-            try:
+        try:
+            while True:
                 data = os.read(read_fd, 64)
-            except OSError:
-                return
-            if not data:
-                return  # teardown closed the pipe: the run ended
-            if stop_signals & set(data):
-                time.sleep(self.grace_s)
-                self._give_up()
+                if not data:
+                    return  # the pipe was closed: the fit ended
+                if stop_signals & set(data):
+                    if not self._disarmed.wait(self.grace_s):
+                        self._give_up()
+                    return
+        except OSError:
+            return
+        finally:
+            os.close(read_fd)
 
     def _give_up(self) -> None:
         trainer = self._trainer
@@ -138,7 +146,16 @@ class SignalGrace(Callback):
         os._exit(128 + int(signal.SIGTERM))
 
     @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._disarmed.set()  # the exception is being handled: the main thread is not stuck
+        self._release()
+
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._disarmed.set()
+        self._release()
+
+    def _release(self) -> None:
         if self._pipe is None:
             return
         if threading.current_thread() is threading.main_thread():
