@@ -118,3 +118,13 @@ def test_tta_final_mirrors_only_the_last_validation_of_fit(cifar10_dir, tmp_path
     trainer.validate(model, dm, verbose=False)
     assert [used for *_, used in seen] == [True]  # evaluation commands always mirror
     assert real(VGGClassifier(arch="vgg11", width=0.125, tta_flip="final"))  # no trainer: classify(), scripts
+
+
+def test_checkpoints_from_before_the_rename_keep_their_data_module_state():
+    from vgg_lightning.module import VGGClassifier
+
+    model = VGGClassifier(arch="vgg11", width=0.125)
+    state = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "train_loader": {"epoch": 2, "batches_served": 7}}
+    checkpoint = {"CIFARDataModule": state}  # what Lightning wrote under the data module's old class name
+    model.on_load_checkpoint(checkpoint)
+    assert checkpoint["ImageDataModule"] == state  # where Lightning now restores the data module from
