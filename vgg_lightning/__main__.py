@@ -1,4 +1,4 @@
-"""``python -m vgg_lightning``: LightningCLI's fit/validate/test/predict, plus ``plot`` and ``export``."""
+"""``python -m vgg_lightning``: LightningCLI's fit/validate/test/predict, plus ``plot``, ``export`` and ``tune``."""
 
 import sys
 
@@ -12,6 +12,10 @@ def run() -> int:
 
         plot_main(sys.argv[2:])
         return 0
+    if command == "tune":
+        from vgg_lightning.tune import main as tune_main
+
+        return tune_main(sys.argv[2:])
     if command == "export":
         from jsonargparse import CLI
 

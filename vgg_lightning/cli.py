@@ -52,8 +52,11 @@ def _given(raw_args: list[str], key: str) -> bool:
 
 
 class VGGLightningCLI(LightningCLI):
-    def __init__(self, *args: Any, started: Optional[float] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, started: Optional[float] = None, extra_callbacks: Optional[list] = None, **kwargs: Any
+    ) -> None:
         self.started = time.monotonic() if started is None else started  # where a time budget starts counting
+        self.extra_callbacks = list(extra_callbacks or [])  # live objects a caller adds (tune's pruner)
         super().__init__(*args, **kwargs)
 
     @override
@@ -262,6 +265,7 @@ class VGGLightningCLI(LightningCLI):
             kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
         elif sub == "fit" and config.get("ckpt_path") and _has_budget_plan(config["ckpt_path"]):
             own.append(TimeBudget(None, started=self.started))  # resumed without max_time: the run's plan goes on
+        own += self.extra_callbacks
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
         return super().instantiate_trainer(**kwargs)
 
@@ -271,7 +275,12 @@ def _has_budget_plan(ckpt_path: str) -> bool:
     return bool((state.get("TimeBudget") or {}).get("planned_steps"))
 
 
-def build_cli(args: Optional[list[str]] = None, run: bool = True, started: Optional[float] = None) -> VGGLightningCLI:
+def build_cli(
+    args: Optional[list[str]] = None,
+    run: bool = True,
+    started: Optional[float] = None,
+    extra_callbacks: Optional[list] = None,
+) -> VGGLightningCLI:
     default_files = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
     return VGGLightningCLI(
         VGGClassifier,
@@ -280,13 +289,15 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True, started: Optio
         parser_kwargs={
             "prog": program_name(),
             "description": "Train and evaluate VGG on CIFAR or your own class folders with Lightning. Also: "
-            "`plot RUN...` (curves as PNG) and `export --ckpt_path ...` (ONNX/TorchScript).",
+            "`plot RUN...` (curves as PNG), `export --ckpt_path ...` (ONNX/TorchScript) and `tune` (a recipe search at"
+            " equal time per candidate).",
             **{sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
         },
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule
         args=args,
         run=run,
         started=started,
+        extra_callbacks=extra_callbacks,
     )
 
 

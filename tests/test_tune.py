@@ -1,0 +1,136 @@
+"""``tune``: trials at equal time on tiny data with budgets of seconds."""
+
+import signal
+import time
+
+import optuna
+import pytest
+
+from vgg_lightning.tune import BudgetSharePruning, main
+
+from .helpers.runs import run_cli, run_cli_to_end
+
+SPACE = """\
+model.lr: {low: 0.01, high: 0.2, log: true}
+data.crop_padding: {choices: [0, 2]}
+model.arch: vgg11
+model.width: 0.125
+"""
+
+
+def tune_args(data_dir, tmp_path, *extra):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return [
+        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
+        "--data.batch_size", "16", "--tune.trial_time", "00:00:00:06", "--tune.space", str(tmp_path / "space.yaml"),
+        "--tune.out", str(tmp_path / "out"), "--tune.sampler_seed", "0", *extra,
+    ]  # fmt: skip
+
+
+def finished(tmp_path, study="tune"):
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def test_tune_runs_trials_writes_best_yaml_and_goes_on_with_the_study(cifar10_dir, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "2")) == 0
+    out = capfd.readouterr().out
+    assert out.count("best val acc,") == 2 and "| 2/2 trials" in out  # one line per trial, with the best so far
+    assert "trial  best val acc  epochs" in out  # the table
+    best = tmp_path / "out" / "best.yaml"
+    r = run_cli_to_end("fit", "--config", str(best), "--print_config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "max_time: 00:00:00:06" in r.stdout and "default_root_dir: null" in r.stdout
+    runs = list((tmp_path / "out" / "lightning_logs").glob("version_*/config.yaml"))
+    assert len(runs) == 2  # every trial an ordinary run folder
+    # The same command with more trials goes on with the study: one more trial, not three.
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "3")) == 0
+    assert "2 trials finished before; 1 to go" in capfd.readouterr().out
+    assert [t.state.name for t in finished(tmp_path)] == ["COMPLETE"] * 3
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("model.learning_rate: {low: 0.1, high: 0.2}", "tune.space key 'model.learning_rate' is no option of fit"),
+        ("model.lr: {low: 0.2, high: 0.1}", "tune.space key 'model.lr': low and high must be numbers with low < high"),
+        ("model.lr: {low: 0, high: 0.1, log: true}", "tune.space key 'model.lr': a log range needs low > 0"),
+        ("data.flip: {choices: []}", "tune.space key 'data.flip': choices must be a non-empty list"),
+    ],
+)
+def test_a_bad_space_is_one_message(space, message, cifar10_dir, tmp_path, capfd):
+    args = tune_args(cifar10_dir, tmp_path, "--tune.trials", "1")
+    (tmp_path / "space.yaml").write_text(space)  # after tune_args wrote the good one
+    args[args.index("--tune.space") + 1] = str(tmp_path / "space.yaml")
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+class FakeBudget:
+    def __init__(self) -> None:
+        from vgg_lightning.callbacks.budget import TimeBudget
+
+        self.budget = TimeBudget(100.0, started=0.0, clock=lambda: self.now)
+        self.now = 0.0
+
+
+def test_a_trial_behind_at_the_same_share_of_its_budget_is_pruned():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, n_warmup_steps=30))
+    done = study.ask()
+    for milestone in range(10, 100, 10):
+        done.report(0.8, milestone)
+    study.tell(done, 0.8)
+    fake = FakeBudget()
+
+    class Trainer:
+        sanity_checking, should_stop = False, False
+        callbacks = [fake.budget]
+
+        class state:
+            fn = "fit"
+
+    class Module:
+        best_val_acc = 0.2
+
+    pruning = BudgetSharePruning(study.ask())
+    fake.now = 25.0  # 25% of the budget: reported at 10 and 20, too early to prune
+    pruning.on_validation_end(Trainer, Module)
+    assert pruning.reported == {10, 20} and pruning.pruned_at is None and not Trainer.should_stop
+    fake.now = 41.0  # past 30% and 40%: behind the finished trial's 0.8 at the same shares
+    pruning.on_validation_end(Trainer, Module)
+    assert pruning.pruned_at == 30 and Trainer.should_stop
+
+
+def test_two_processes_share_one_study(cifar10_dir, tmp_path):
+    args = ["tune", *tune_args(cifar10_dir, tmp_path, "--tune.trials", "2")]
+    procs = [run_cli(args, tmp_path), run_cli(args, tmp_path)]  # started together on a new database
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    trials = finished(tmp_path)
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers)  # no trial run twice
+    assert 2 <= sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) <= 3  # the study's 2, one overlap at most
+
+
+def test_a_killed_trial_is_marked_failed_and_the_study_goes_on(cifar10_dir, tmp_path):
+    args = ["tune", *tune_args(cifar10_dir, tmp_path, "--tune.trials", "1", "--tune.heartbeat_s", "1")]
+    killed = run_cli(args, tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if any(t.state.name == "RUNNING" for t in finished(tmp_path)):
+                break
+        except Exception:  # the database or the study is not there yet
+            pass
+        time.sleep(0.2)
+    time.sleep(1.0)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    time.sleep(2.5)  # past the heartbeat's grace (2 x 1 s)
+    again = run_cli(args, tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert [t.state.name for t in finished(tmp_path)] == ["FAIL", "COMPLETE"]  # the killed one is not a result
