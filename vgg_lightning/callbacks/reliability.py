@@ -92,6 +92,7 @@ class SignalGrace(Callback):
 
     def __init__(self, grace_s: Optional[float] = None) -> None:
         self.grace_s = float(os.environ.get("VGG_LIGHTNING_STOP_GRACE_S", 60)) if grace_s is None else grace_s
+        self._signalled = False  # this process got SIGTERM (under DDP: not acted on until all ranks agree)
         self._trainer: Optional[L.Trainer] = None
         self._pipe: Optional[tuple[int, int]] = None
         self._previous_fd = -1
@@ -114,6 +115,27 @@ class SignalGrace(Callback):
         self._trainer, self._pipe = trainer, (read_fd, write_fd)
         self._disarmed.clear()
         threading.Thread(target=self._watch, args=(read_fd,), daemon=True, name="signal-grace").start()
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Under DDP, Lightning's SIGTERM handler runs a collective operation inside the handler, wherever the main
+        # thread happens to be, and forwards the signal to the other ranks, which then stop at other batches: the
+        # ranks can wait in different collectives for ever (seen once in four runs). Here the handler only notes
+        # the signal; every rank then learns it at the same step (on_train_batch_end) and stops there.
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            self._signalled = False
+            signal.signal(signal.SIGTERM, self._note_signal)
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
+            # Lightning stops every rank at the end of this step (SIGTERMException); InterruptCheckpoint saves.
+            trainer._signal_connector.received_sigterm = True
 
     def _watch(self, read_fd: int) -> None:
         stop_signals = {int(signal.SIGTERM), int(signal.SIGINT)}
