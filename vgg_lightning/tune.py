@@ -238,6 +238,11 @@ class Tuner:
         self.space = load_space(options.space)
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna marks heartbeats "experimental" on every start; they are what makes a killed trial count as failed.
+        warnings.filterwarnings(
+            "ignore", message=r".*heartbeat_interval.*", category=optuna.exceptions.ExperimentalWarning
+        )
         url = options.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
         storage = _open_storage(url, options.heartbeat_s)
         pruner = (
@@ -248,11 +253,6 @@ class Tuner:
             else optuna.pruners.NopPruner()
         )
         sampler = optuna.samplers.TPESampler(seed=options.sampler_seed)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # Optuna marks heartbeats "experimental" on every start; they are what makes a killed trial count as failed.
-        warnings.filterwarnings(
-            "ignore", message=r".*heartbeat_interval.*", category=optuna.exceptions.ExperimentalWarning
-        )
         self.study = _retry(
             lambda: optuna.create_study(
                 study_name=options.study, storage=storage, direction="maximize", sampler=sampler, pruner=pruner,
