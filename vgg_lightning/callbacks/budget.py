@@ -228,6 +228,13 @@ class TimeBudget(Callback):
             return self._sanity_s_per_batch * sum(trainer.num_val_batches) * runs
         return 0.0  # no validation to pay for; the first epoch end's real cost refines the plan
 
+    def _final_extra_s(self, trainer: L.Trainer) -> float:
+        """What the last validation costs beyond the others: its mirrored pass with ``tta_flip: final``."""
+        hparams = getattr(trainer.lightning_module, "hparams", {})
+        if hparams.get("tta_flip") != "final" or self._sanity_s_per_batch is None or not trainer.num_val_batches:
+            return 0.0
+        return self._sanity_s_per_batch * sum(trainer.num_val_batches)
+
     def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
         """Rank 0's plan from its own clock and step times (None while nothing was timed)."""
         recent = self._step_times[max(SKIP_STEPS, self._times_at_plan) :]
@@ -238,7 +245,7 @@ class TimeBudget(Callback):
         step_s = sum(times) / len(times) * self._accumulate(trainer)  # seconds per optimizer step
         per_epoch = self._steps_per_epoch(trainer)
         remaining = self.seconds - (now - self.started)
-        remaining -= max(RESERVE_MIN_S, RESERVE_FRACTION * self.seconds)
+        remaining -= max(RESERVE_MIN_S, RESERVE_FRACTION * self.seconds) + self._final_extra_s(trainer)
         caps = [self._user_max_epochs * per_epoch if self._user_max_epochs else None, self._user_max_steps]
         done = trainer.global_step
         cap = min((c - done for c in caps if c is not None), default=None)
