@@ -23,7 +23,7 @@ from vgg_lightning import checkpoints, precision, quiet
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
 from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
 from vgg_lightning.data.datamodule import ImageDataModule
-from vgg_lightning.errors import ConfigError, DataError
+from vgg_lightning.errors import ConfigError, DataError, report
 from vgg_lightning.messages import log, say
 from vgg_lightning.module import VGGClassifier
 
@@ -313,12 +313,8 @@ def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> i
     """
     try:
         build_cli(args, started=started)
-    except ConfigError as e:
-        log.error(f"error: {e}")
-        return 2
-    except DataError as e:
-        log.error(f"error: {e}")
-        return 1
+    except (ConfigError, DataError) as e:
+        return report(e)
     except SIGTERMException:
         return 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"; the checkpoint is saved
     except NonFiniteLossError as e:

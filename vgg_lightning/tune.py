@@ -31,7 +31,7 @@ import yaml
 from typing_extensions import override
 
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
-from vgg_lightning.errors import ConfigError, DataError
+from vgg_lightning.errors import ConfigError, DataError, report
 from vgg_lightning.messages import log
 
 # What a search covers unless --tune.space says otherwise: what mattered in cpu.yaml's hand search.
@@ -456,12 +456,8 @@ def main(args: Optional[list[str]] = None) -> int:
         return 2
     try:
         Tuner(options, fit_args).run()
-    except ConfigError as e:
-        log.error(f"error: {e}")
-        return 2
-    except DataError as e:
-        log.error(f"error: {e}")
-        return 1
+    except (ConfigError, DataError) as e:
+        return report(e)
     except KeyboardInterrupt:
         log.error("tune: interrupted; run the same command again to go on with the study")
         return 130
