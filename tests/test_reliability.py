@@ -14,7 +14,7 @@ import torch
 from vgg_lightning.cli import main
 from vgg_lightning.data.datamodule import ImageDataModule
 
-from .helpers.runs import run_cli, tiny, wait_for
+from .helpers.runs import run_cli, tiny, tiny_net, wait_for
 
 
 def mirror(data_dir: Path, tmp_path: Path) -> tuple[str, str]:
@@ -155,16 +155,7 @@ def test_ddp_on_two_cpu_processes(cifar10_dir, tmp_path):
     # The user's defaults (progress bar, logger, checkpoints): the bar alone once made the ranks hang.
     args = [
         "fit",
-        "--data.data_dir",
-        str(tmp_path / "data_ddp"),
-        "--data.val_size",
-        "40",
-        "--data.batch_size",
-        "16",
-        "--model.arch",
-        "vgg11",
-        "--model.width",
-        "0.125",
+        *tiny_net(tmp_path / "data_ddp"),
         "--trainer.max_epochs",
         "1",
         "--data.download",

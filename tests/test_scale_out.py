@@ -15,29 +15,13 @@ from PIL import Image
 from vgg_lightning.cli import main
 from vgg_lightning.runlog import read_scalars
 
-from .helpers.runs import run_cli, tiny, wait_for
+from .helpers.runs import run_cli, tiny, tiny_net, wait_for
 
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def ddp_args(data_dir, *extra):
-    """The tiny net and data, with the user's defaults for everything else (progress bar, logger, checkpoints)."""
-    return [
-        "--data.data_dir",
-        str(data_dir),
-        "--data.download",
-        "false",
-        "--data.val_size",
-        "40",
-        "--data.batch_size",
-        "16",
-        "--model.arch",
-        "vgg11",
-        "--model.width",
-        "0.125",
-        *DDP,
-        *extra,
-    ]
+    return tiny_net(data_dir, *DDP, *extra)
 
 
 def finish(proc, timeout=240):

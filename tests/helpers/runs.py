@@ -9,26 +9,19 @@ import time
 from pathlib import Path
 
 
-def tiny(data_dir, *extra):
+def tiny_net(data_dir, *extra):
+    """The tiny net and data, with the user's defaults for everything else (progress bar, logger, checkpoints)."""
     return [
-        "--data.data_dir",
-        str(data_dir),
-        "--data.download",
-        "false",
-        "--data.val_size",
-        "40",
-        "--data.batch_size",
-        "16",
-        "--model.arch",
-        "vgg11",
-        "--model.width",
-        "0.125",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
+        "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
+        "--data.batch_size", "16", "--model.arch", "vgg11", "--model.width", "0.125", *extra,
+    ]  # fmt: skip
+
+
+def tiny(data_dir, *extra):
+    """``tiny_net`` without a progress bar or model summary, for quiet in-process runs."""
+    return tiny_net(
+        data_dir, "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra
+    )
 
 
 REPO = Path(__file__).resolve().parents[2]  # the repository root, for PYTHONPATH

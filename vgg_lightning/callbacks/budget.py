@@ -25,10 +25,11 @@ from datetime import timedelta
 from typing import Any, Callable, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor
 from typing_extensions import override
 
 from vgg_lightning import quiet, schedules
+from vgg_lightning.callbacks.pacing import SanityTiming
 from vgg_lightning.messages import say
 
 # Steps timed before the first plan: the first few (allocation, autotuning) are left out.
@@ -80,7 +81,7 @@ def plan_steps(
     return low
 
 
-class TimeBudget(Callback):
+class TimeBudget(SanityTiming):
     """Plans the optimizer steps that fit into ``seconds`` from ``started`` (a ``clock`` reading).
 
     ``seconds`` None: no budget given, but the resumed checkpoint has a plan, which is kept."""
@@ -107,8 +108,6 @@ class TimeBudget(Callback):
         self._epoch_start_step = 0
         self._start_step = 0  # global step when this command's training started
         self._printed_steps: Optional[int] = None  # the plan last shown to the user
-        self._sanity_start = 0.0
-        self._sanity_s_per_batch: Optional[float] = None
         self._user_max_epochs: Optional[int] = None  # the upper bounds given, before plans changed max_epochs
         self._user_max_steps: Optional[int] = None
         self._user_check_val_every: Optional[int] = None
@@ -128,16 +127,6 @@ class TimeBudget(Callback):
         return max(1, math.ceil(int(trainer.num_training_batches) / self._accumulate(trainer)))
 
     # -- measuring ----------------------------------------------------------------------------------------------
-    @override
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sanity_start = self.clock()
-
-    @override
-    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        batches = sum(trainer.num_sanity_val_batches) if trainer.num_sanity_val_batches else 0
-        if batches:
-            self._sanity_s_per_batch = (self.clock() - self._sanity_start) / batches
-
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -220,20 +209,20 @@ class TimeBudget(Callback):
     def _epoch_extra_estimate(self, trainer: L.Trainer) -> float:
         if self._epoch_extra_s is not None:
             return self._epoch_extra_s
-        if self._sanity_s_per_batch is not None and trainer.num_val_batches:
+        if self.sanity_s_per_batch is not None and trainer.num_val_batches:
             check_every = trainer.val_check_batch
             runs = 1
             if isinstance(check_every, (int, float)) and math.isfinite(check_every) and check_every > 0:
                 runs = max(1, int(trainer.num_training_batches // check_every))
-            return self._sanity_s_per_batch * sum(trainer.num_val_batches) * runs
+            return self.sanity_s_per_batch * sum(trainer.num_val_batches) * runs
         return 0.0  # no validation to pay for; the first epoch end's real cost refines the plan
 
     def _final_extra_s(self, trainer: L.Trainer) -> float:
         """What the last validation costs beyond the others: its mirrored pass with ``tta_flip: final``."""
         hparams = getattr(trainer.lightning_module, "hparams", {})
-        if hparams.get("tta_flip") != "final" or self._sanity_s_per_batch is None or not trainer.num_val_batches:
+        if hparams.get("tta_flip") != "final" or self.sanity_s_per_batch is None or not trainer.num_val_batches:
             return 0.0
-        return self._sanity_s_per_batch * sum(trainer.num_val_batches)
+        return self.sanity_s_per_batch * sum(trainer.num_val_batches)
 
     def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
         """Rank 0's plan from its own clock and step times (None while nothing was timed)."""

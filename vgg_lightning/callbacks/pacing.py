@@ -12,8 +12,11 @@ all ranks) takes rank 0's decision, broadcast: ranks that decided apart would wa
 from __future__ import annotations
 
 import time
+from typing import Callable, Optional
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 
 def is_last_validation(trainer: L.Trainer) -> bool:
@@ -47,3 +50,22 @@ class Pace:
     def ran(self, seconds: float) -> None:
         self.cost, self.last = seconds, time.perf_counter()
         self.total += seconds
+
+
+class SanityTiming(Callback):
+    """Times the sanity-check validation: ``sanity_s_per_batch`` (None until measured) estimates what a validation
+    batch costs before the first real validation has run. Subclasses set ``clock``."""
+
+    clock: Callable[[], float] = time.monotonic
+    sanity_s_per_batch: Optional[float] = None
+    _sanity_start = 0.0
+
+    @override
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sanity_start = self.clock()
+
+    @override
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = sum(trainer.num_sanity_val_batches) if trainer.num_sanity_val_batches else 0
+        if batches:
+            self.sanity_s_per_batch = (self.clock() - self._sanity_start) / batches

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from vgg_lightning.callbacks.pacing import SanityTiming
 from vgg_lightning.files import write_text_atomically
 from vgg_lightning.messages import say
 
@@ -169,7 +170,7 @@ class EpochSummary(Callback):
         print(" | ".join(parts), flush=True)
 
 
-class RunForecast(Callback):
+class RunForecast(SanityTiming):
     """One line, once the first steps are timed, with the whole run's expected time, for runs without a time budget
     (a budget says its own plan). On a CPU, where the GPU recipes take hours, it names the recipe that fits in 15
     minutes. Runs expected to take under ``min_s`` say nothing."""
@@ -179,19 +180,7 @@ class RunForecast(Callback):
         self._intervals: list[float] = []
         self._last: Optional[float] = None
         self._done = False
-        self._sanity_start = 0.0
-        self._val_s_per_batch = 0.0
         self._started = clock()
-
-    @override
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sanity_start = self.clock()
-
-    @override
-    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        batches = sum(trainer.num_sanity_val_batches) if trainer.num_sanity_val_batches else 0
-        if batches:
-            self._val_s_per_batch = (self.clock() - self._sanity_start) / batches
 
     @override
     def on_train_batch_start(
@@ -222,7 +211,7 @@ class RunForecast(Callback):
         batches_left = max(0, int(steps) * accumulate - trainer.global_step * accumulate)
         epochs = math.ceil(int(steps) * accumulate / per_epoch)
         epochs_left = math.ceil(batches_left / per_epoch)
-        val_s = self._val_s_per_batch * sum(trainer.num_val_batches) if trainer.num_val_batches else 0.0
+        val_s = (self.sanity_s_per_batch or 0.0) * sum(trainer.num_val_batches) if trainer.num_val_batches else 0.0
         total = now - self._started + batches_left * batch_s + epochs_left * val_s
         if total < self.min_s:
             return
