@@ -251,3 +251,37 @@ def test_a_long_run_without_a_budget_says_how_long_it_will_take(cifar10_dir, tmp
     assert "expected: about 17 min for 100 epochs (1,000 steps at 1.000 s, 16 img/s)" in err
     assert "`--config configs/cpu.yaml` trains the best VGG that fits in 15 minutes" in err
     assert err.count("expected:") == 1
+
+
+class WarmUpClock(FakeClock):
+    """As FakeClock, and validation batches take 0.1 s, except the sanity check's first: 60 s of warm-up (on a GPU:
+    cudnn autotuning and allocations; an H200 showed seconds against milliseconds)."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.now += 60.0 if trainer.sanity_checking and batch_idx == 0 else 0.1
+
+
+def test_the_forecast_leaves_the_warm_up_out_of_validation_time(cifar10_dir, tmp_path, capsys):
+    from vgg_lightning.callbacks import RunForecast
+
+    from .helpers import StopAfterEpoch
+
+    clock = WarmUpClock()
+    model = VGGClassifier(arch="vgg11", width=0.125)
+    data = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=100,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=2,
+        callbacks=[clock, RunForecast(clock=clock), StopAfterEpoch(4)],
+    )
+    trainer.fit(model, datamodule=data)
+    forecast = next(cb for cb in trainer.callbacks if isinstance(cb, RunForecast))
+    assert forecast.sanity_s_per_batch == pytest.approx(0.1)
+    # Forecast in epoch 4 (after 30 timed steps), 115 s in: 966 steps left at 1 s, 97 validations of 3 batches at
+    # 0.1 s: 1,110 s, 19 min. With the warm-up averaged in (30 s a batch) it said about 2 h 45 min.
+    assert "expected: about 19 min for 100 epochs" in capsys.readouterr().err
