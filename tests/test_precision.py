@@ -45,6 +45,26 @@ def test_onednn_isa_cap_turns_bf16_off(cpu, monkeypatch):
     assert precision.auto_precision("cpu") == "32-true"
 
 
+def test_a_gpu_gets_tf32_before_the_trainer_starts(monkeypatch):
+    """Lightning prints a paragraph asking for TF32 when a CUDA trainer starts with the 'highest' setting (seen on
+    an H200); the CLI sets it first and the device line says so. CUDA faked; the setting restored after."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert "TF32" not in precision.describe("auto", "bf16-mixed", chosen=True)
+        precision.use_tf32("cpu")
+        assert torch.get_float32_matmul_precision() == "highest"
+        precision.use_tf32("auto")
+        assert torch.get_float32_matmul_precision() == "high"
+        line = precision.describe("auto", "bf16-mixed", chosen=True)
+        assert line == "GPU Fake GPU with bf16: bf16-mixed, channels_last, TF32 for fp32 matmuls"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_explicit_bf16_on_a_cpu_without_it_warns(cpu):
     cpu(False)
     with pytest.warns(UserWarning, match="15x slower"):

@@ -33,7 +33,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")
 # Options that choose how a model runs, not what it is: given on the command line, they win over the values
 # saved in a checkpoint (LightningCLI otherwise restores every model option from --ckpt_path).
-RUNTIME_MODEL_OPTIONS = ("tta_flip", "compile", "channels_last", "fused")
+RUNTIME_MODEL_OPTIONS = ("tta_flip", "tta_shift", "compile", "channels_last", "fused")
 # Data options an evaluation command takes from the command line only; the rest come from the checkpoint's run
 # (evaluating a model trained on class folders evaluates it on those folders).
 RUNTIME_DATA_OPTIONS = ("predict_path", "batch_size", "num_workers", "download", "data_on_device")
@@ -187,6 +187,7 @@ class VGGLightningCLI(LightningCLI):
         ):
             trainer.max_epochs = -1  # the budget decides
         quiet.silence_upstream_noise()
+        precision.use_tf32(trainer.get("accelerator", "auto"))
         say(
             precision.describe(
                 trainer.get("accelerator", "auto"),

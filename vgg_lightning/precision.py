@@ -52,6 +52,13 @@ def prefers_channels_last(device: Union[torch.device, str]) -> bool:
     return torch.device(device).type in ("cuda", "cpu")
 
 
+def use_tf32(accelerator: object) -> None:
+    """TF32 for the matmuls autocast leaves in fp32, on GPUs; set before the Trainer starts, which otherwise prints
+    a paragraph asking for it on the run's first screen."""
+    if on_gpu(accelerator) and torch.get_float32_matmul_precision() == "highest":
+        torch.set_float32_matmul_precision("high")
+
+
 def describe(accelerator: object, precision: str, chosen: bool, channels_last: Optional[bool] = None) -> str:
     """One line: where the run goes, with which precision and memory format, and why when we chose it."""
     gpu = on_gpu(accelerator)
@@ -62,7 +69,8 @@ def describe(accelerator: object, precision: str, chosen: bool, channels_last: O
     if gpu:
         name = torch.cuda.get_device_name()
         bf16 = "with bf16" if torch.cuda.is_bf16_supported() else "without bf16"
-        return f"GPU {name} {bf16}: {precision}{how}, {layout}"
+        tf32 = ", TF32 for fp32 matmuls" if torch.get_float32_matmul_precision() != "highest" else ""
+        return f"GPU {name} {bf16}: {precision}{how}, {layout}{tf32}"
     isa = cpu_capability()
     if cpu_has_native_bf16():
         kind = f"CPU with bf16 instructions ({cpu_bf16_name()}, {isa})"
