@@ -26,7 +26,13 @@ CONFIGS: dict[str, list[Union[int, str]]] = {
 ARCHS = (*CONFIGS, "blog_vgg16")
 
 
-def make_layers(cfg: list[Union[int, str]], batch_norm: bool, width: float = 1.0) -> nn.Sequential:
+def make_layers(
+    cfg: list[Union[int, str]],
+    batch_norm: bool,
+    width: float = 1.0,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+) -> nn.Sequential:
     """Conv(3x3) [-> BN] -> ReLU for each number, MaxPool for each "M"; ``width`` scales every channel count."""
     layers: list[nn.Module] = []
     in_channels = 3
@@ -38,7 +44,7 @@ def make_layers(cfg: list[Union[int, str]], batch_norm: bool, width: float = 1.0
         # A conv followed by BN needs no bias: BN's shift replaces it.
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
         if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum))
         layers.append(nn.ReLU(inplace=True))
         in_channels = out_channels
     return nn.Sequential(*layers)
@@ -55,9 +61,11 @@ class VGG(nn.Module):
         width: float = 1.0,
         head_hidden: int = 0,
         dropout: float = 0.0,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.features = make_layers(cfg, batch_norm, width)
+        self.features = make_layers(cfg, batch_norm, width, bn_momentum, bn_eps)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
         channels = [v for v in cfg if v != "M"]
         in_features = max(1, round(int(channels[-1]) * width))
@@ -135,13 +143,52 @@ def build_model(
     width: float = 1.0,
     head_hidden: int = 0,
     dropout: float = 0.0,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
 ) -> nn.Module:
     """The network named by ``arch``; ``blog_vgg16`` ignores the VGG-only options, as the article fixed them."""
     if arch in ("blog_vgg16", "seed"):  # "seed": its name in older checkpoints
         return BlogVGG16(num_classes=num_classes)
     if arch not in CONFIGS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout)
+    return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps)
+
+
+def dirac_init(model: nn.Module) -> int:
+    """Identity start for every 3x3 convolution after the first: its first ``in_channels`` filters pass their input
+    channel through unchanged (the rest keep their random start), so the deep stack begins close to a shallow
+    net (airbench's initialisation). Returns how many convolutions were set."""
+    done = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels > 3 and m.kernel_size == (3, 3) and m.groups == 1:
+            n = min(m.in_channels, m.out_channels)
+            with torch.no_grad():
+                nn.init.dirac_(m.weight[:n])
+            done += 1
+    return done
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@torch.no_grad()
+def whiten_init(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> int:
+    """Patch whitening (airbench): the first convolution's filters become the principal directions of the data's
+    own patches, each scaled by 1/sqrt(its variance), in both signs (a ReLU follows: the sign pair keeps both
+    halves). ``images``: normalized float (N, C, H, W). Filters beyond twice the patch size keep their random start.
+    Returns how many directions were used."""
+    kh, kw = conv.kernel_size
+    patches = torch.nn.functional.unfold(images.float(), (kh, kw))  # (N, C*kh*kw, L)
+    x = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+    cov = x.T @ x / x.shape[0]
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    k = min(conv.out_channels // 2, x.shape[1])
+    values, vectors = values.flip(0)[:k], vectors.flip(1)[:, :k]
+    filters = (vectors / torch.sqrt(values.clamp_min(0) + eps)).T.reshape(k, conv.in_channels, kh, kw)
+    conv.weight[:k] = filters.to(conv.weight)
+    conv.weight[k : 2 * k] = -filters.to(conv.weight)
+    return k
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ from vgg_lightning import schedules
 from vgg_lightning.callbacks.pacing import is_last_validation
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import RunningLossAccuracy
-from vgg_lightning.models import build_model
+from vgg_lightning.models import CONFIGS, build_model, dirac_init, first_conv, whiten_init
 from vgg_lightning.precision import prefers_channels_last
 
 
@@ -60,6 +60,21 @@ class VGGClassifier(L.LightningModule):
             ``validate``/``test``/``predict``/``classify()`` and in the last validation of ``fit`` (the one that
             reports the trained model), but not in the validations before it, where it would cost an extra pass
             each epoch (on a CPU, about as much as the validation itself).
+        tta_shift: with flip TTA, also average over the image and its mirror shifted by this many pixels up-left
+            and down-right (borders reflected): 6 passes instead of 2, weighted half unshifted, half shifted
+            (airbench's test-time augmentation). 0 turns it off.
+        whiten: ``frozen`` or ``trained``: start the first convolution as a patch-whitening filter bank computed
+            from 5,000 training images (the principal directions of their 3x3 patches, both signs), and keep it
+            fixed or train it from there; ``off``: random start.
+        dirac: start every later 3x3 convolution as an identity on its first input channels (plus random filters).
+        bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention: weight of the new batch).
+        bn_eps: BatchNorm's epsilon.
+        bn_scale: train BatchNorm's scale; false keeps it at 1 (the shift is always trained).
+        lookahead: Lookahead on the weights (and BN statistics): every ``lookahead_every`` steps the slow copy moves
+            toward the trained weights and the trained weights are reset to it, with a decay of
+            ``lookahead ** lookahead_every`` ramped in as (progress of the schedule)^3; the last step ends on the
+            slow copy. 0 turns it off (airbench uses 0.95 every 5 steps).
+        lookahead_every: steps between Lookahead updates.
     """
 
     def __init__(
@@ -84,12 +99,31 @@ class VGGClassifier(L.LightningModule):
         compile: bool = False,
         ema_decay: ClosedUnitInterval = 0.0,
         tta_flip: Union[bool, Literal["final"]] = False,
+        tta_shift: NonNegativeInt = 0,
+        whiten: Literal["off", "frozen", "trained"] = "off",
+        dirac: bool = False,
+        bn_momentum: ClosedUnitInterval = 0.1,
+        bn_eps: PositiveFloat = 1e-5,
+        bn_scale: bool = True,
+        lookahead: ClosedUnitInterval = 0.0,
+        lookahead_every: PositiveInt = 5,
     ) -> None:
         super().__init__()
         if image_size < 32:
             raise ConfigError(f"model.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         self.save_hyperparameters()
-        self.net = build_model(arch, num_classes, batch_norm, width, head_hidden, dropout)
+        self.net = build_model(arch, num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps)
+        vgg = arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
+        if dirac and vgg:
+            dirac_init(self.net)
+        if whiten == "frozen" and vgg:
+            first_conv(self.net).weight.requires_grad_(False)
+        if not bn_scale:
+            for m in self.net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+        self._slow: Optional[list[torch.Tensor]] = None  # Lookahead's slow copy
+        self._lookahead_at = -1
         self.ema: Optional[AveragedModel] = None
         if ema_decay > 0:
             self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -150,7 +184,19 @@ class VGGClassifier(L.LightningModule):
         logits = self(x)
         if self.tta_now():
             logits = (logits + self(x.flip(3))) / 2
+            s = self.hparams.get("tta_shift", 0)
+            if s:
+                padded = F.pad(x, (s, s, s, s), mode="reflect")
+                h, w = x.shape[-2:]
+                shifted = [padded[..., :h, :w], padded[..., 2 * s :, 2 * s :]]
+                logits = logits / 2 + sum((self(v) + self(v.flip(3))) / 8 for v in shifted)
         return logits
+
+    def tta_passes(self) -> int:
+        """Forward passes per image when test-time augmentation applies."""
+        if not self.hparams.tta_flip:
+            return 1
+        return 6 if self.hparams.get("tta_shift", 0) else 2
 
     def tta_now(self) -> bool:
         """Whether evaluation now averages with mirror images: ``tta_flip`` true, or ``final`` anywhere but in a
@@ -165,9 +211,34 @@ class VGGClassifier(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
+        if self.hparams.get("lookahead", 0) > 0:
+            self._lookahead_step()
+
+    def _lookahead_tensors(self) -> list[torch.Tensor]:
+        return [p.data for p in self.net.parameters()] + [b for b in self.net.buffers() if b.is_floating_point()]
+
+    @torch.no_grad()
+    def _lookahead_step(self) -> None:
+        step = self.trainer.global_step  # optimizer steps taken; batches of an accumulation share one
+        total = self.schedule_length() or self._estimated_steps()
+        last = step >= total
+        if step == self._lookahead_at or (step % self.hparams.lookahead_every and not last):
+            return
+        self._lookahead_at = step
+        fast = self._lookahead_tensors()
+        if self._slow is None:
+            self._slow = [t.detach().clone() for t in fast]
+            return
+        k = self.hparams.lookahead_every
+        decay = 1.0 if last else self.hparams.lookahead**k * min(1.0, step / total) ** 3
+        for slow, f in zip(self._slow, fast):
+            slow.lerp_(f, 1.0 - decay)
+            f.copy_(slow)
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("whiten", "off") != "off" and self.hparams.arch in CONFIGS:
+            self._whiten_from_data()
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
         self._channels_last = self._use_channels_last()
@@ -175,6 +246,21 @@ class VGGClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
             if self.ema is not None:
                 self.ema.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def _whiten_from_data(self, count: int = 5000) -> None:
+        """``whiten``: the first convolution from the first ``count`` training images (the same on every process;
+        under DDP rank 0's weights are broadcast anyway). A resumed run's checkpoint replaces it afterwards."""
+        from vgg_lightning.data.augment import normalize
+
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        train = getattr(dm, "train_set", None)
+        if train is None:
+            raise ConfigError("model.whiten needs the training images: use it with this project's data module")
+        x = normalize(train[0][:count].cpu(), dm.mean, dm.std)
+        whiten_init(first_conv(self.net), x)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.net.state_dict())
 
     # -- steps ------------------------------------------------------------------------------------------------
     # Each step only adds to metric states on the device; values are logged once per epoch (and the step loss
@@ -298,8 +384,9 @@ class VGGClassifier(L.LightningModule):
     @override
     def configure_optimizers(self):
         h = self.hparams
-        decay = [p for p in self.net.parameters() if p.ndim > 1]  # conv and linear weights
-        no_decay = [p for p in self.net.parameters() if p.ndim <= 1]  # BN weights and all biases
+        trained = [p for p in self.net.parameters() if p.requires_grad]  # a frozen whitening or BN scale is not
+        decay = [p for p in trained if p.ndim > 1]  # conv and linear weights
+        no_decay = [p for p in trained if p.ndim <= 1]  # BN weights and all biases
         groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = self.device.type == "cuda" if h.fused is None else h.fused
         if h.optimizer == "sgd":
@@ -344,6 +431,8 @@ class VGGClassifier(L.LightningModule):
         checkpoint["best_val_acc"] = self.best_val_acc
         checkpoint["schedule_total_steps"] = self.schedule_length()
         checkpoint["class_names"] = self.class_names()
+        if self._slow is not None:
+            checkpoint["lookahead_slow"] = [t.cpu() for t in self._slow]
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and getattr(dm, "mean", None) and getattr(dm, "std", None):
             checkpoint["normalization"] = (list(dm.mean), list(dm.std))
@@ -358,3 +447,6 @@ class VGGClassifier(L.LightningModule):
         self._resumed_total_steps = checkpoint.get("schedule_total_steps")
         self._saved_class_names = list(checkpoint.get("class_names", []))
         self._saved_normalization = checkpoint.get("normalization")
+        slow = checkpoint.get("lookahead_slow")
+        if slow is not None:
+            self._slow = [t.to(self.device) for t in slow]

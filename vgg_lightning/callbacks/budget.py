@@ -218,11 +218,14 @@ class TimeBudget(SanityTiming):
         return 0.0  # no validation to pay for; the first epoch end's real cost refines the plan
 
     def _final_extra_s(self, trainer: L.Trainer) -> float:
-        """What the last validation costs beyond the others: its mirrored pass with ``tta_flip: final``."""
-        hparams = getattr(trainer.lightning_module, "hparams", {})
+        """What the last validation costs beyond the others: its test-time augmentation's extra passes (the mirror,
+        and the shifted views with ``tta_shift``) with ``tta_flip: final``."""
+        module = trainer.lightning_module
+        hparams = getattr(module, "hparams", {})
         if hparams.get("tta_flip") != "final" or self.sanity_s_per_batch is None or not trainer.num_val_batches:
             return 0.0
-        return self.sanity_s_per_batch * sum(trainer.num_val_batches)
+        passes = module.tta_passes() if hasattr(module, "tta_passes") else 2
+        return self.sanity_s_per_batch * sum(trainer.num_val_batches) * (passes - 1)
 
     def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
         """Rank 0's plan from its own clock and step times (None while nothing was timed)."""

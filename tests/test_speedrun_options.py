@@ -1,0 +1,161 @@
+"""The accuracy-per-step options taken from the CIFAR-10 speed runs (airbench): each does what it says."""
+
+import torch
+import torch.nn.functional as F
+
+from vgg_lightning.cli import main
+from vgg_lightning.models import dirac_init, first_conv, whiten_init
+from vgg_lightning.module import VGGClassifier
+
+from .helpers.runs import tiny
+
+
+def test_shift_tta_averages_six_views_with_airbench_weights():
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    plain = VGGClassifier(arch="vgg11", width=0.125).eval()
+    tta = VGGClassifier(arch="vgg11", width=0.125, tta_flip=True, tta_shift=1).eval()
+    tta.load_state_dict(plain.state_dict())
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[..., :32, :32], padded[..., 2:, 2:]]  # unshifted, moved down-right, moved up-left
+    with torch.no_grad():
+        pair = [(plain(v) + plain(v.flip(3))) / 2 for v in views]
+        expected = pair[0] / 2 + pair[1] / 4 + pair[2] / 4
+        assert torch.allclose(tta.predict_logits(x), expected, atol=1e-5)
+    assert (plain.tta_passes(), tta.tta_passes()) == (1, 6)
+    assert VGGClassifier(arch="vgg11", width=0.125, tta_flip="final").tta_passes() == 2
+    assert VGGClassifier(arch="vgg11", width=0.125, tta_shift=1).tta_passes() == 1  # shifts ride on flip TTA
+
+
+def test_dirac_start_passes_input_channels_through():
+    model = VGGClassifier(arch="vgg11", width=0.25, dirac=True).net
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    first, second = convs[0], convs[1]  # 3 -> 16, 16 -> 32 channels
+    x = torch.randn(2, first.out_channels, 8, 8)
+    with torch.no_grad():
+        y = second(x)
+    assert torch.allclose(y[:, : first.out_channels], x, atol=1e-6)  # identity on the first in_channels filters
+    assert y[:, first.out_channels :].abs().sum() > 0  # the rest keep their random start
+    assert not torch.allclose(first.weight, torch.zeros_like(first.weight))
+    assert dirac_init(VGGClassifier(arch="vgg11", width=0.25).net) == len(convs) - 1  # never the first conv
+
+
+def test_whitening_makes_the_patch_covariance_the_identity():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.9, 0.8], [0.0, 0.3, 0.2], [0.0, 0.0, 0.1]])  # strongly correlated channels
+    images = torch.einsum("ij,njhw->nihw", mix, torch.randn(64, 3, 16, 16))
+    images = images + F.avg_pool2d(images, 3, 1, 1) * 3  # and neighbouring pixels
+    conv = torch.nn.Conv2d(3, 32, 3, padding=1, bias=False)
+    k = whiten_init(conv, images, eps=1e-6)
+    assert k == 16
+    with torch.no_grad():
+        out = F.conv2d(images, conv.weight)  # no padding: every output is a full patch
+    feats = out.permute(1, 0, 2, 3).reshape(32, -1)
+    cov = feats[:k] @ feats[:k].T / feats.shape[1]
+    assert torch.allclose(cov, torch.eye(k), atol=0.05)
+    assert torch.equal(conv.weight[k : 2 * k], -conv.weight[:k])
+
+
+def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny(
+        cifar10_dir,
+        "--trainer.max_epochs",
+        "1",
+        "--model.whiten",
+        "frozen",
+        "--model.bn_scale",
+        "false",
+        "--model.bn_momentum",
+        "0.4",
+        "--model.bn_eps",
+        "1e-12",
+    )
+    assert main(["fit", *args]) == 0
+    path = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    model = VGGClassifier.load_from_checkpoint(path, weights_only=True)
+    # The first conv is the data's whitening, untouched by training: rebuild it from the same images.
+    from vgg_lightning.data.augment import normalize
+    from vgg_lightning.data.datamodule import ImageDataModule
+
+    dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
+    dm.setup("fit")
+    expected = VGGClassifier(arch="vgg11", width=0.125).net
+    whiten_init(first_conv(expected), normalize(dm.train_set[0][:5000], dm.mean, dm.std))
+    k = first_conv(expected).out_channels // 2
+    assert torch.allclose(first_conv(model.net).weight[:k], first_conv(expected).weight[:k], atol=1e-6)
+    bns = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)  # scales kept at 1
+    assert any(m.bias.abs().sum() > 0 for m in bns)  # shifts trained
+    assert {(m.momentum, m.eps) for m in bns} == {(0.4, 1e-12)}
+
+
+def test_trained_whitening_moves(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.whiten", "trained")]) == 0
+    model = VGGClassifier.load_from_checkpoint(
+        tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True
+    )
+    w = first_conv(model.net).weight
+    k = w.shape[0] // 2
+    assert not torch.allclose(w[k : 2 * k], -w[:k], atol=1e-4)  # trained away from the sign pairs
+
+
+def test_lookahead_resets_the_weights_to_the_slow_copy_and_ends_on_it(cifar10_dir, tmp_path, monkeypatch):
+    import lightning as L
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    class Watch(L.Callback):  # callbacks' batch-end hooks run before the module's: look at the next batch start
+        def record(self, trainer, pl_module):
+            fast, slow = pl_module._lookahead_tensors(), pl_module._slow
+            same = slow is not None and all(torch.equal(a, b) for a, b in zip(slow, fast))
+            seen.append((trainer.global_step, same))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.record(trainer, pl_module)
+
+        def on_train_end(self, trainer, pl_module):
+            self.record(trainer, pl_module)
+
+    from vgg_lightning.data.datamodule import ImageDataModule
+
+    model = VGGClassifier(arch="vgg11", width=0.125, lookahead=0.95, lookahead_every=3, lr=0.05)
+    dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[Watch()],
+    )
+    trainer.fit(model, datamodule=dm)
+    steps = [s for s, _ in seen]
+    assert steps == list(range(0, 11))  # 160 images, batch 16: 10 steps
+    synced = [s for s, same in seen if same]
+    # the slow copy starts at step 3, then the weights are reset to it at 6, 9 and the last step (10)
+    assert synced == [3, 6, 9, 10]
+    ckpt = {}
+    model.on_save_checkpoint(ckpt)
+    assert len(ckpt["lookahead_slow"]) == len(model._lookahead_tensors())
+
+
+def test_the_budget_reserves_the_final_evaluations_extra_passes():
+    from types import SimpleNamespace
+
+    from vgg_lightning.callbacks import TimeBudget
+
+    budget = TimeBudget(seconds=100.0)
+    budget.sanity_s_per_batch = 0.5  # one plain pass over a validation batch
+
+    def reserve(**options):
+        module = VGGClassifier(arch="vgg11", width=0.125, **options)
+        return budget._final_extra_s(SimpleNamespace(lightning_module=module, num_val_batches=[4]))
+
+    assert reserve(tta_flip="final") == 0.5 * 4 * 1  # the mirror
+    assert reserve(tta_flip="final", tta_shift=1) == 0.5 * 4 * 5  # mirror and two shifted pairs
+    assert reserve(tta_flip=True, tta_shift=1) == 0.0  # every validation pays it, the sanity check included
+    assert reserve(tta_flip=False) == 0.0
