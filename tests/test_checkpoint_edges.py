@@ -30,7 +30,8 @@ def test_best_survives_a_stale_last_ckpt_and_ignores_older_runs(cifar10_dir, tmp
     folder = tmp_path / "lightning_logs" / "version_1" / "checkpoints"
     epochs = sorted(p for p in folder.iterdir() if p.name != "last.ckpt")
     assert len(epochs) == 3
-    best = max(epochs, key=lambda p: (score_of(p), p.stat().st_mtime))
+    # On a tie Lightning keeps the first file that reached the score as its best (a later one must beat it).
+    best = max(epochs, key=lambda p: (score_of(p), -p.stat().st_mtime))
     # A crash: last.ckpt is from before the newest best, and names a best file that is gone.
     last = torch.load(folder / "last.ckpt", weights_only=True)
     key = next(k for k in last["callbacks"] if k.startswith("ModelCheckpoint"))
