@@ -7,7 +7,7 @@ from vgg_lightning.cli import main
 from vgg_lightning.models import dirac_init, first_conv, whiten_init
 from vgg_lightning.module import VGGClassifier
 
-from .helpers.runs import tiny
+from .helpers.runs import run_cli, tiny, tiny_net
 
 
 def test_shift_tta_averages_six_views_with_airbench_weights():
@@ -159,3 +159,35 @@ def test_the_budget_reserves_the_final_evaluations_extra_passes():
     assert reserve(tta_flip="final", tta_shift=1) == 0.5 * 4 * 5  # mirror and two shifted pairs
     assert reserve(tta_flip=True, tta_shift=1) == 0.0  # every validation pays it, the sanity check included
     assert reserve(tta_flip=False) == 0.0
+
+
+def test_whitening_and_lookahead_under_ddp_keep_the_ranks_equal(cifar10_dir, tmp_path):
+    """Each process whitens from its own copy of the data and decides its own Lookahead steps: two CPU processes
+    (gloo) must end with the same weights, both on their slow copies."""
+    import json
+
+    args = [
+        "fit",
+        *tiny_net(cifar10_dir, "--trainer.max_epochs", "2", "--model.whiten", "frozen"),
+        "--model.lookahead",
+        "0.9",
+        "--model.lookahead_every",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.callbacks+=tests.helpers.RecordRank",
+    ]
+    proc = run_cli(args, tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 10  # 160 images, 2 x 16 a step, 2 epochs
+    assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"]
+    assert ranks[0]["params_on_slow_copy"] and ranks[1]["params_on_slow_copy"]
+    # BN statistics: DDP gives every forward rank 0's buffers, so rank 0's whole slow copy is the model that is
+    # evaluated and saved; rank 1's own statistics are overwritten at its next forward.
+    assert ranks[0]["on_slow_copy"]
