@@ -15,7 +15,7 @@ from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.module import VGGClassifier
 from vgg_lightning.runlog import read_scalars
 
-from .helpers.runs import tiny
+from .helpers.runs import fit_tiny, tiny
 
 
 def test_onecycle_shape_is_torchs_onecycle():
@@ -235,18 +235,8 @@ def test_a_long_run_without_a_budget_says_how_long_it_will_take(cifar10_dir, tmp
 
     clock = FakeClock()  # 1 s a step, 10 steps an epoch
     model = VGGClassifier(arch="vgg11", width=0.125)
-    data = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=100,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        callbacks=[clock, RunForecast(clock=clock), StopAfterEpoch(4)],
-    )
-    trainer.fit(model, datamodule=data)
+    callbacks = [clock, RunForecast(clock=clock), StopAfterEpoch(4)]
+    fit_tiny(cifar10_dir, model, callbacks, max_epochs=100, num_sanity_val_steps=0)
     err = capsys.readouterr().err
     assert "expected: about 17 min for 100 epochs (1,000 steps at 1.000 s, 16 img/s)" in err
     assert "`--config configs/cpu.yaml` trains the best VGG that fits in 15 minutes" in err
@@ -267,20 +257,9 @@ def test_the_forecast_leaves_the_warm_up_out_of_validation_time(cifar10_dir, tmp
     from .helpers import StopAfterEpoch
 
     clock = WarmUpClock()
+    forecast = RunForecast(clock=clock)
     model = VGGClassifier(arch="vgg11", width=0.125)
-    data = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=100,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=2,
-        callbacks=[clock, RunForecast(clock=clock), StopAfterEpoch(4)],
-    )
-    trainer.fit(model, datamodule=data)
-    forecast = next(cb for cb in trainer.callbacks if isinstance(cb, RunForecast))
+    fit_tiny(cifar10_dir, model, [clock, forecast, StopAfterEpoch(4)], max_epochs=100, num_sanity_val_steps=2)
     assert forecast.sanity_s_per_batch == pytest.approx(0.1)
     # Forecast in epoch 4 (after 30 timed steps), 115 s in: 966 steps left at 1 s, 97 validations of 3 batches at
     # 0.1 s: 1,110 s, 19 min. With the warm-up averaged in (30 s a batch) it said about 2 h 45 min.

@@ -1,7 +1,6 @@
 """Faults, hostile input, determinism and DDP: each test fails when the behaviour it names is broken."""
 
 import hashlib
-import json
 import os
 import signal
 import tarfile
@@ -14,7 +13,7 @@ import torch
 from vgg_lightning.cli import main
 from vgg_lightning.data.datamodule import ImageDataModule
 
-from .helpers.runs import run_cli, tiny, tiny_net, wait_for
+from .helpers.runs import ddp_args, finish, ranks, run_cli, tiny, wait_for
 
 
 def mirror(data_dir: Path, tmp_path: Path) -> tuple[str, str]:
@@ -155,7 +154,7 @@ def test_ddp_on_two_cpu_processes(cifar10_dir, tmp_path):
     # The user's defaults (progress bar, logger, checkpoints): the bar alone once made the ranks hang.
     args = [
         "fit",
-        *tiny_net(tmp_path / "data_ddp"),
+        *ddp_args(tmp_path / "data_ddp"),
         "--trainer.max_epochs",
         "1",
         "--data.download",
@@ -164,23 +163,15 @@ def test_ddp_on_two_cpu_processes(cifar10_dir, tmp_path):
         url,
         "--data.archive_md5",
         md5,
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
         "--trainer.callbacks+=tests.helpers.RecordRank",
     ]
-    proc = run_cli(args, tmp_path)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    _, err = finish(run_cli(args, tmp_path), timeout=300)
     assert err.count("Downloading file://") == 1  # prepared once, by one process
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
-    shard0, shard1 = set(ranks[0]["indices"][0]), set(ranks[1]["indices"][0])
+    seen = ranks(tmp_path)
+    assert seen[0]["world_size"] == seen[1]["world_size"] == 2
+    shard0, shard1 = set(seen[0]["indices"][0]), set(seen[1]["indices"][0])
     assert len(shard0) == len(shard1) == 80 and not shard0 & shard1  # 160 training images, split in two
-    assert ranks[0]["val_acc"] == ranks[1]["val_acc"] and len(ranks[0]["val_acc"]) == 1  # synced metric
+    assert seen[0]["val_acc"] == seen[1]["val_acc"] and len(seen[0]["val_acc"]) == 1  # synced metric
 
 
 def _grace_with_a_signal(monkeypatch, handled: bool) -> list:

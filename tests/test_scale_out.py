@@ -1,7 +1,6 @@
 """DDP on two CPU processes (gloo), run as a user runs it: progress bar, logger and checkpoints on."""
 
 import csv
-import json
 import os
 import signal
 import time
@@ -15,28 +14,7 @@ from PIL import Image
 from vgg_lightning.cli import main
 from vgg_lightning.runlog import read_scalars
 
-from .helpers.runs import run_cli, tiny, tiny_net, wait_for
-
-DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-
-
-def ddp_args(data_dir, *extra):
-    return tiny_net(data_dir, *DDP, *extra)
-
-
-def finish(proc, timeout=240):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except Exception as e:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"the run did not end in {timeout} s:\n{err[-3000:]}") from e
-    assert proc.returncode == 0, err[-3000:]
-    return out, err
-
-
-def ranks(tmp_path):
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+from .helpers.runs import DDP, ddp_args, finish, ranks, run_cli, tiny, wait_for
 
 
 def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):

@@ -7,7 +7,7 @@ from vgg_lightning.cli import main
 from vgg_lightning.models import dirac_init, first_conv, whiten_init
 from vgg_lightning.module import VGGClassifier
 
-from .helpers.runs import run_cli, tiny, tiny_net
+from .helpers.runs import ddp_args, finish, fit_tiny, ranks, run_cli, tiny
 
 
 def test_shift_tta_averages_six_views_with_airbench_weights():
@@ -119,20 +119,8 @@ def test_lookahead_resets_the_weights_to_the_slow_copy_and_ends_on_it(cifar10_di
         def on_train_end(self, trainer, pl_module):
             self.record(trainer, pl_module)
 
-    from vgg_lightning.data.datamodule import ImageDataModule
-
     model = VGGClassifier(arch="vgg11", width=0.125, lookahead=0.95, lookahead_every=3, lr=0.05)
-    dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[Watch()],
-    )
-    trainer.fit(model, datamodule=dm)
+    fit_tiny(cifar10_dir, model, [Watch()], max_epochs=1)
     steps = [s for s, _ in seen]
     assert steps == list(range(0, 11))  # 160 images, batch 16: 10 steps
     synced = [s for s, same in seen if same]
@@ -164,30 +152,20 @@ def test_the_budget_reserves_the_final_evaluations_extra_passes():
 def test_whitening_and_lookahead_under_ddp_keep_the_ranks_equal(cifar10_dir, tmp_path):
     """Each process whitens from its own copy of the data and decides its own Lookahead steps: two CPU processes
     (gloo) must end with the same weights, both on their slow copies."""
-    import json
-
     args = [
         "fit",
-        *tiny_net(cifar10_dir, "--trainer.max_epochs", "2", "--model.whiten", "frozen"),
+        *ddp_args(cifar10_dir, "--trainer.max_epochs", "2", "--model.whiten", "frozen"),
         "--model.lookahead",
         "0.9",
         "--model.lookahead_every",
         "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
         "--trainer.callbacks+=tests.helpers.RecordRank",
     ]
-    proc = run_cli(args, tmp_path)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 10  # 160 images, 2 x 16 a step, 2 epochs
-    assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"]
-    assert ranks[0]["params_on_slow_copy"] and ranks[1]["params_on_slow_copy"]
+    finish(run_cli(args, tmp_path), timeout=300)
+    seen = ranks(tmp_path)
+    assert seen[0]["global_step"] == seen[1]["global_step"] == 10  # 160 images, 2 x 16 a step, 2 epochs
+    assert seen[0]["weights_sum"] == seen[1]["weights_sum"]
+    assert seen[0]["params_on_slow_copy"] and seen[1]["params_on_slow_copy"]
     # BN statistics: DDP gives every forward rank 0's buffers, so rank 0's whole slow copy is the model that is
     # evaluated and saved; rank 1's own statistics are overwritten at its next forward.
-    assert ranks[0]["on_slow_copy"]
+    assert seen[0]["on_slow_copy"]

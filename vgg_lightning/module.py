@@ -184,7 +184,7 @@ class VGGClassifier(L.LightningModule):
         logits = self(x)
         if self.tta_now():
             logits = (logits + self(x.flip(3))) / 2
-            s = self.hparams.get("tta_shift", 0)
+            s = self.hparams.tta_shift
             if s:
                 padded = F.pad(x, (s, s, s, s), mode="reflect")
                 h, w = x.shape[-2:]
@@ -196,7 +196,7 @@ class VGGClassifier(L.LightningModule):
         """Forward passes per image when test-time augmentation applies."""
         if not self.hparams.tta_flip:
             return 1
-        return 6 if self.hparams.get("tta_shift", 0) else 2
+        return 6 if self.hparams.tta_shift else 2
 
     def tta_now(self) -> bool:
         """Whether evaluation now averages with mirror images: ``tta_flip`` true, or ``final`` anywhere but in a
@@ -211,7 +211,7 @@ class VGGClassifier(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.net)
-        if self.hparams.get("lookahead", 0) > 0:
+        if self.hparams.lookahead > 0:
             self._lookahead_step()
 
     def _lookahead_tensors(self) -> list[torch.Tensor]:
@@ -237,7 +237,7 @@ class VGGClassifier(L.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.get("whiten", "off") != "off" and self.hparams.arch in CONFIGS:
+        if stage == "fit" and self.hparams.whiten != "off" and self.hparams.arch in CONFIGS:
             self._whiten_from_data()
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32

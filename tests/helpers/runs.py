@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,53 @@ def tiny(data_dir, *extra):
     return tiny_net(
         data_dir, "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra
     )
+
+
+# Two CPU processes with the gloo backend: every collective DDP uses, without a GPU.
+DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+def ddp_args(data_dir, *extra):
+    """``tiny_net`` (the user's defaults: progress bar, logger, checkpoints) on two DDP processes."""
+    return tiny_net(data_dir, *DDP, *extra)
+
+
+def finish(proc, timeout=240):
+    """Wait for a ``run_cli`` process; fail with its stderr's end if it hangs or exits non-zero."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except Exception as e:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the run did not end in {timeout} s:\n{err[-3000:]}") from e
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def ranks(folder: Path) -> list[dict]:
+    """What ``tests.helpers.RecordRank`` wrote for each of two DDP ranks."""
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def fit_tiny(data_dir, model, callbacks=(), **trainer_options):
+    """Fit ``model`` in this process on the tiny data (160 train / 40 val images, batch 16: 10 steps an epoch) with
+    a quiet CPU trainer (no logger, progress bar, summary or checkpoints unless ``trainer_options`` say so)."""
+    import lightning as L
+
+    from vgg_lightning.data.datamodule import ImageDataModule
+
+    data = ImageDataModule(data_dir=str(data_dir), download=False, val_size=40, batch_size=16)
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        **trainer_options,
+    }
+    trainer = L.Trainer(callbacks=list(callbacks), **options)
+    trainer.fit(model, datamodule=data)
+    return trainer
 
 
 REPO = Path(__file__).resolve().parents[2]  # the repository root, for PYTHONPATH
