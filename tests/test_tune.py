@@ -34,9 +34,16 @@ def finished(tmp_path, study="tune"):
 
 def test_tune_runs_trials_writes_best_yaml_and_goes_on_with_the_study(cifar10_dir, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "2")) == 0
+    recipe = ["--model.lr", "0.05", "--data.crop_padding", "2"]
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "2", *recipe)) == 0
     out = capfd.readouterr().out
     assert out.count("best val acc,") == 2 and "| 2/2 trials" in out  # one line per trial, with the best so far
+    # The recipe as given is the first trial, marked as such; the second is the sampler's.
+    assert "first trial: the recipe as given (model.lr=0.05, data.crop_padding=2)" in out
+    assert "trial 0 (the recipe as given):" in out and "(* the recipe as given)" in out
+    first, second = finished(tmp_path)
+    assert first.params == {"model.lr": 0.05, "data.crop_padding": 2} and first.user_attrs["recipe"]
+    assert second.params != first.params and "recipe" not in second.user_attrs
     assert "trial  best val acc  epochs" in out  # the table
     best = tmp_path / "out" / "best.yaml"
     r = run_cli_to_end("fit", "--config", str(best), "--print_config", cwd=tmp_path)
@@ -45,9 +52,26 @@ def test_tune_runs_trials_writes_best_yaml_and_goes_on_with_the_study(cifar10_di
     runs = list((tmp_path / "out" / "lightning_logs").glob("version_*/config.yaml"))
     assert len(runs) == 2  # every trial an ordinary run folder
     # The same command with more trials goes on with the study: one more trial, not three.
-    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "3")) == 0
-    assert "2 trials finished before; 1 to go" in capfd.readouterr().out
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "3", *recipe)) == 0
+    out = capfd.readouterr().out
+    assert "2 trials finished before; 1 to go" in out and "first trial" not in out  # the recipe is not run again
     assert [t.state.name for t in finished(tmp_path)] == ["COMPLETE"] * 3
+    assert sum(bool(t.user_attrs.get("recipe")) for t in finished(tmp_path)) == 1
+
+
+def test_a_recipe_outside_the_space_is_named_and_not_a_trial(cifar10_dir, tmp_path, capfd):
+    # The space's crop paddings are 0 and 2; the recipe's 4 cannot be a trial of it.
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "1", "--data.crop_padding", "4")) == 0
+    out = capfd.readouterr().out
+    assert "the recipe's own data.crop_padding=4 lies outside the search space: it is not a trial" in out
+    assert [t.params["data.crop_padding"] in (0, 2) for t in finished(tmp_path)] == [True]
+
+
+def test_options_fit_does_not_take_are_one_message_before_any_trial(cifar10_dir, tmp_path, capfd):
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "1", "--model.lrr", "0.1")) == 2
+    err = capfd.readouterr().err
+    assert "tune: fit does not take these options: error: unrecognized arguments: --model.lrr 0.1" in err
+    assert "Traceback" not in err and not list((tmp_path / "out").glob("trial_*.log"))
 
 
 @pytest.mark.parametrize(

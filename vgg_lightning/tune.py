@@ -69,6 +69,8 @@ class TuneOptions:
         prune_after: share of the budget before which no trial is pruned.
         startup_trials: finished trials needed before any pruning.
         seeds: re-run the best recipe with this many seeds at the end and report mean +- std (0: no re-runs).
+        start_with_recipe: a new study's first trial is the recipe as given (its own values of the searched
+            options), so the search starts from it and reports whether anything beat it at this budget.
         sampler_seed: seed of the search's sampler (a repeatable sequence of candidates).
         heartbeat_s: seconds between a running trial's heartbeats; a trial silent for twice that (its process was
             killed) is marked failed and not counted.
@@ -85,6 +87,7 @@ class TuneOptions:
     prune_after: float = 0.3
     startup_trials: int = 3
     seeds: int = 0
+    start_with_recipe: bool = True
     sampler_seed: Optional[int] = None
     heartbeat_s: int = 60
 
@@ -136,6 +139,47 @@ def load_space(path: Optional[str]) -> dict[str, Any]:
             else:
                 raise ConfigError(f"tune.space key '{key}': give choices: [...], or low: and high:, or a fixed value")
     return space
+
+
+def recipe_values(fit_args: list[str], space: dict[str, Any]) -> dict[str, Any]:
+    """The searched options' values in the recipe as given (config files plus overrides), read from ``fit
+    --print_config``; ConfigError when fit does not take the options."""
+    import io
+
+    from vgg_lightning.cli import build_cli
+
+    printed, errors, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        try:
+            build_cli(["fit", *fit_args, "--print_config"])
+        except SystemExit as e:
+            code = e.code
+    text = printed.getvalue()
+    if code not in (0, None):
+        said = errors.getvalue().strip() or text.strip()
+        raise ConfigError(f"tune: fit does not take these options: {said.splitlines()[-1] if said else code}")
+    config = yaml.safe_load(text) or {}
+    values = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict):
+            section, _, name = key.partition(".")
+            values[key] = (config.get(section) or {}).get(name)
+    return values
+
+
+def in_space(values: dict[str, Any], space: dict[str, Any]) -> list[str]:
+    """The searched options whose recipe value lies outside the space (``key=value``)."""
+    outside = []
+    for key, value in values.items():
+        spec = space[key]
+        if "choices" in spec:
+            ok = any(value == c and type(value) is type(c) for c in spec["choices"])
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = number and spec["low"] <= value <= spec["high"]
+        if not ok:
+            outside.append(f"{key}={value}")
+    return outside
 
 
 def sample(trial, space: dict[str, Any]) -> dict[str, Any]:
@@ -308,8 +352,9 @@ class Tuner:
         left = max(0, self.o.trials - done) * self.trial_s
         if self.total_s is not None:
             left = min(left, max(0.0, self.total_s - (time.monotonic() - self.started)))
+        name = f"trial {frozen.number}" + (" (the recipe as given)" if attrs.get("recipe") else "")
         print(
-            f"trial {frozen.number}: {what} | {best_text} | {done}/{self.o.trials} trials, about {_minutes(left)} left",
+            f"{name}: {what} | {best_text} | {done}/{self.o.trials} trials, about {_minutes(left)} left",
             flush=True,
         )
 
@@ -321,6 +366,8 @@ class Tuner:
         todo = max(0, self.o.trials - done)
         if done:
             print(f"study '{self.o.study}': {done} trials finished before; {todo} to go", flush=True)
+        if todo and self.o.start_with_recipe and not self.study.get_trials(deepcopy=False):
+            self._enqueue_recipe()
         timeout = None
         if self.total_s is not None:
             timeout = max(0.0, self.total_s - self.trial_s)  # no trial starts that could not end in time
@@ -331,6 +378,19 @@ class Tuner:
                 self.objective, n_trials=todo, timeout=timeout, callbacks=[self._progress, enough], catch=()
             )
         self.report()
+
+    def _enqueue_recipe(self) -> None:
+        values = recipe_values(self.fit_args, self.space)
+        if not values:
+            return
+        outside = in_space(values, self.space)
+        if outside:
+            print(f"the recipe's own {', '.join(outside)} lies outside the search space: it is not a trial", flush=True)
+            return
+        # skip_if_exists: processes starting together on a new study enqueue it once.
+        self.study.enqueue_trial(values, user_attrs={"recipe": True}, skip_if_exists=True)
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        print(f"first trial: the recipe as given ({shown})", flush=True)
 
     def report(self) -> Optional[Path]:
         from optuna.trial import TrialState
@@ -347,9 +407,12 @@ class Tuner:
             acc = t.user_attrs.get("best_val_acc")
             acc_text = f"{100 * acc:.2f}%" if acc is not None else "-"
             state = "pruned" if t.state == TrialState.PRUNED else "done"
+            state += "*" if t.user_attrs.get("recipe") else ""
             shown = ", ".join(f"{k}={_short(t.params.get(k, self.space.get(k)))}" for k in keys)
             epochs, wall = t.user_attrs.get("epochs", "-"), t.user_attrs.get("wall_s", "-")
             print(f"{t.number:>5}  {acc_text:>12}  {epochs:>6}  {wall:>7}  {state:<7}  {shown}")
+        if any(t.user_attrs.get("recipe") for t in trials):
+            print("(* the recipe as given)")
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if not complete:
             return None
