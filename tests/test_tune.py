@@ -1,10 +1,13 @@
 """``tune``: trials at equal time on tiny data with budgets of seconds."""
 
+import re
 import signal
+import statistics
 import time
 
 import optuna
 import pytest
+import yaml
 
 from vgg_lightning.tune import BudgetSharePruning, main
 
@@ -49,12 +52,21 @@ def test_tune_runs_trials_writes_best_yaml_and_goes_on_with_the_study(cifar10_di
     r = run_cli_to_end("fit", "--config", str(best), "--print_config", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "max_time: 00:00:00:06" in r.stdout and "default_root_dir: null" in r.stdout
+    assert "precision: null" in r.stdout  # chosen per machine by fit, not pinned to the tuning machine's choice
     runs = list((tmp_path / "out" / "lightning_logs").glob("version_*/config.yaml"))
     assert len(runs) == 2  # every trial an ordinary run folder
     # The same command with more trials goes on with the study: one more trial, not three.
-    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "3", *recipe)) == 0
+    assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "3", "--tune.seeds", "2", *recipe)) == 0
     out = capfd.readouterr().out
     assert "2 trials finished before; 1 to go" in out and "first trial" not in out  # the recipe is not run again
+    # The best recipe re-run with seeds 1 and 2: each reported, then their mean +- std.
+    accs = [float(re.search(rf"seed {s}: ([0-9.]+)% best val acc", out).group(1)) for s in (1, 2)]
+    mean, std = statistics.mean(accs), statistics.stdev(accs)
+    assert f"best recipe over 2 seeds: {mean:.2f} +- {std:.2f}%" in out
+    configs = sorted((tmp_path / "out" / "seeds" / "lightning_logs").glob("version_*/config.yaml"))
+    seeds = [yaml.safe_load(c.read_text()) for c in configs]
+    assert [c["seed_everything"] for c in seeds] == [1, 2]
+    assert all(c["trainer"]["enable_progress_bar"] is False for c in seeds)  # as the trials: no bar in a log file
     assert [t.state.name for t in finished(tmp_path)] == ["COMPLETE"] * 3
     assert sum(bool(t.user_attrs.get("recipe")) for t in finished(tmp_path)) == 1
 

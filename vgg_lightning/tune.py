@@ -141,9 +141,9 @@ def load_space(path: Optional[str]) -> dict[str, Any]:
     return space
 
 
-def recipe_values(fit_args: list[str], space: dict[str, Any]) -> dict[str, Any]:
-    """The searched options' values in the recipe as given (config files plus overrides), read from ``fit
-    --print_config``; ConfigError when fit does not take the options."""
+def recipe_config(fit_args: list[str]) -> dict[str, Any]:
+    """The recipe as given (config files plus overrides), as ``fit --print_config`` shows it: nothing chosen for
+    the machine yet; ConfigError when fit does not take the options."""
     import io
 
     from vgg_lightning.cli import build_cli
@@ -154,11 +154,14 @@ def recipe_values(fit_args: list[str], space: dict[str, Any]) -> dict[str, Any]:
             build_cli(["fit", *fit_args, "--print_config"])
         except SystemExit as e:
             code = e.code
-    text = printed.getvalue()
     if code not in (0, None):
-        said = errors.getvalue().strip() or text.strip()
+        said = errors.getvalue().strip() or printed.getvalue().strip()
         raise ConfigError(f"tune: fit does not take these options: {said.splitlines()[-1] if said else code}")
-    config = yaml.safe_load(text) or {}
+    return yaml.safe_load(printed.getvalue()) or {}
+
+
+def recipe_values(config: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    """The searched options' values in a recipe's config."""
     values = {}
     for key, spec in space.items():
         if isinstance(spec, dict):
@@ -380,7 +383,7 @@ class Tuner:
         self.report()
 
     def _enqueue_recipe(self) -> None:
-        values = recipe_values(self.fit_args, self.space)
+        values = recipe_values(recipe_config(self.fit_args), self.space)
         if not values:
             return
         outside = in_space(values, self.space)
@@ -423,6 +426,9 @@ class Tuner:
         config.pop("ckpt_path", None)
         for key in ("default_root_dir", "enable_progress_bar", "enable_model_summary"):  # tune's, not the recipe's
             config.get("trainer", {}).pop(key, None)
+        if (recipe_config(self.fit_args).get("trainer") or {}).get("precision") is None:
+            # fit chose it for this machine (bf16 where the CPU has it); best.yaml leaves that to the next machine.
+            config.get("trainer", {}).pop("precision", None)
         logger = config.get("trainer", {}).get("logger")
         if isinstance(logger, dict) and logger.get("init_args", {}).get("save_dir") == str(self.out):
             logger["init_args"]["save_dir"] = "."
@@ -445,6 +451,8 @@ class Tuner:
                 f"--config={config}",
                 f"--seed_everything={seed}",
                 f"--trainer.default_root_dir={self.out / 'seeds'}",
+                "--trainer.enable_progress_bar=false",  # as in the trials: a log file, not a terminal
+                "--trainer.enable_model_summary=false",
             ]
             result = run_fit(args, self.out / f"seed_{seed}.log")
             accs.append(result["best_val_acc"])
