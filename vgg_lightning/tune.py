@@ -16,6 +16,7 @@ full config, for ``fit --config``) and, with ``--tune.seeds N``, the best recipe
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import statistics
@@ -47,6 +48,8 @@ DEFAULT_SPACE: dict[str, Any] = {
 }
 # Pruning compares trials at these shares of their budget (percent): the same points for every trial.
 MILESTONES = tuple(range(10, 100, 10))
+# Every fit tune runs (trials and seed re-runs) writes to a log file, not a terminal; best.yaml drops these again.
+LOG_FILE_RUN = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
 
 
 @dataclass
@@ -320,8 +323,7 @@ class Tuner:
         pruning = BudgetSharePruning(trial)
         args = [
             *self.fit_args, *_as_args(params), f"--trainer.max_time={self.o.trial_time}",
-            f"--trainer.default_root_dir={self.out}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={self.out}", *LOG_FILE_RUN,
         ]  # fmt: skip
         log_path = self.out / f"trial_{trial.number:03d}.log"
         try:
@@ -382,8 +384,13 @@ class Tuner:
             )
         self.report()
 
+    @functools.cached_property
+    def recipe(self) -> dict[str, Any]:
+        """The recipe as given, read once (a CLI parse) for the first trial and for best.yaml."""
+        return recipe_config(self.fit_args)
+
     def _enqueue_recipe(self) -> None:
-        values = recipe_values(recipe_config(self.fit_args), self.space)
+        values = recipe_values(self.recipe, self.space)
         if not values:
             return
         outside = in_space(values, self.space)
@@ -426,7 +433,7 @@ class Tuner:
         config.pop("ckpt_path", None)
         for key in ("default_root_dir", "enable_progress_bar", "enable_model_summary"):  # tune's, not the recipe's
             config.get("trainer", {}).pop(key, None)
-        if (recipe_config(self.fit_args).get("trainer") or {}).get("precision") is None:
+        if (self.recipe.get("trainer") or {}).get("precision") is None:
             # fit chose it for this machine (bf16 where the CPU has it); best.yaml leaves that to the next machine.
             config.get("trainer", {}).pop("precision", None)
         logger = config.get("trainer", {}).get("logger")
@@ -451,8 +458,7 @@ class Tuner:
                 f"--config={config}",
                 f"--seed_everything={seed}",
                 f"--trainer.default_root_dir={self.out / 'seeds'}",
-                "--trainer.enable_progress_bar=false",  # as in the trials: a log file, not a terminal
-                "--trainer.enable_model_summary=false",
+                *LOG_FILE_RUN,
             ]
             result = run_fit(args, self.out / f"seed_{seed}.log")
             accs.append(result["best_val_acc"])
