@@ -13,6 +13,22 @@ def test_bench_runs_both_loops_and_reports(cifar10_dir, capsys):
     assert runs == ["plain", "lightning", "lightning", "plain"]
 
 
+def test_bench_times_each_stage_of_the_network_it_trains(capsys):
+    summary = run(arch="vgg11", width=0.125, stage_widths=[1, 1, 1, 1, 0.5], batch_size=4, steps=1, warmup=1,
+                  repeats=1, stages=True)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "stages [1, 1, 1, 1, 0.5]" in out and "time per stage" in out
+    rows = summary["stages"]
+    assert [r["stage"] for r in rows] == ["1", "2", "3", "4", "5", "head"]
+    assert [r["channels"] for r in rows] == ["8", "16", "32,32", "64,64", "32,32", "-"]
+    assert [r["input"] for r in rows] == ["3x32x32", "8x16x16", "16x8x8", "32x4x4", "64x2x2", "32x1x1"]
+    # forward FLOPs per image: 3x3 convs at the stage's input resolution, then the 32 -> 10 linear head
+    assert rows[0]["mflops"] == 2 * 3 * 8 * 9 * 32 * 32 / 1e6
+    assert rows[4]["mflops"] == 2 * (64 * 32 + 32 * 32) * 9 * 2 * 2 / 1e6
+    assert rows[5]["mflops"] == 2 * 32 * 10 / 1e6
+    assert all(r["ms"] > 0 for r in rows)
+
+
 def test_gpu_report_commands_parse(tmp_path):
     """The prepared GPU run is only run where a GPU is lent; here its commands must at least be valid."""
     import subprocess

@@ -154,6 +154,7 @@ def test_help_and_print_config(workdir):
         ["--model.lr", "-0.1"],
         ["--data.dataset", "mnist"],
         ["--model.optimizer", "rmsprop"],
+        ["--model.stage_widths", "[1, 0.5]"],
     ],
 )
 def test_bad_options_exit_2(option, workdir):

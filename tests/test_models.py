@@ -45,6 +45,16 @@ def test_width_scales_channels():
     assert count_parameters(half) == expected_vgg_params(CONFIGS["vgg16"], True, width=0.5)
 
 
+def test_stage_widths_scale_each_stage_on_top_of_width():
+    model = build_model("vgg13", width=0.5, stage_widths=[0.5, 1, 1, 1, 0.5])
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [16, 16, 64, 64, 128, 128, 256, 256, 128, 128]
+    assert model.classifier[-1].in_features == 128
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="5 positive factors"):
+        build_model("vgg13", stage_widths=[1, 1, 1, 1])
+
+
 def test_every_conv_is_followed_by_bn_and_relu():
     layers = list(build_model("vgg16").features)
     for i, layer in enumerate(layers):

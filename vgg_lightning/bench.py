@@ -2,17 +2,21 @@
 
     python -m vgg_lightning.bench                      # synthetic uint8 images
     python -m vgg_lightning.bench --data_dir data   # CIFAR files, or a class-folder tree
+    python -m vgg_lightning.bench --stages true  # and the step's time stage by stage
     python -m vgg_lightning.bench --help
 
 Both loops train the same network with the same batch size, optimizer (Nesterov SGD, per-step OneCycle),
 precision, memory format and on-device augmentation, from the same in-memory uint8 loader. After ``warmup``
 steps, each times ``steps`` optimizer steps and prints images/s, the share of step time spent waiting for the
 next batch, and peak memory. Each repeat runs both loops, the first of them alternating; medians are printed.
+With ``--stages true`` it also times each stage of the network (the convolutions up to a pooling, then the head)
+forward and backward on its own, which shows where a step's time goes as opposed to its FLOPs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import resource
 import statistics
@@ -100,7 +104,7 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
-    model = build_model(cfg["arch"], 10, True, cfg["width"]).to(device)
+    model = build_model(cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"]).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if cfg["compile"] else model
@@ -186,6 +190,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     model = VGGClassifier(
         arch=cfg["arch"],
         width=cfg["width"],
+        stage_widths=cfg["stage_widths"],
         lr=cfg["lr"],
         label_smoothing=0.0,
         schedule="onecycle",
@@ -218,6 +223,84 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     return {"seconds": seconds, "wait": wait, "memory_mb": _peak_memory_mb(device)}
 
 
+def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict]:
+    """Forward + backward time of each stage on its own (median of ``repeats``), at the benchmark's batch size,
+    precision and memory format, with a fixed gradient for its output; the first stage's input needs no
+    gradient, as in training. The head row includes the loss."""
+    torch.manual_seed(0)
+    model = build_model(cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"]).to(device)
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    stages: list[torch.nn.Sequential] = [torch.nn.Sequential()]
+    for layer in getattr(model, "features", []):
+        stages[-1].append(layer)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            stages.append(torch.nn.Sequential())
+    stages = [st for st in stages if len(st)]
+    head = torch.nn.Sequential(model.avgpool, model.classifier) if hasattr(model, "classifier") else None
+    if not stages or head is None:
+        raise SystemExit(f"error: --stages needs a VGG config network, not {cfg['arch']}")
+    x = torch.randn(cfg["batch_size"], 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (cfg["batch_size"],), device=device)
+    rows = []
+    for i, part in enumerate([*stages, head]):
+        inp = x.detach().requires_grad_(i > 0)
+        is_head = i == len(stages)
+        once = functools.partial(_forward_backward, part, inp, y if is_head else None, cfg["precision"], device)
+        for _ in range(3):
+            out = once()
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            once()
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        convs = [m for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+        # A stage's convolutions all run at its input's resolution (the pooling ends the stage).
+        macs = sum(m.in_channels * m.out_channels * 9 * inp.shape[-1] * inp.shape[-2] for m in convs)
+        macs += sum(m.in_features * m.out_features for m in part.modules() if isinstance(m, torch.nn.Linear))
+        rows.append(
+            {
+                "stage": "head" if is_head else str(i + 1),
+                "input": "x".join(str(d) for d in inp.shape[1:]),
+                "channels": ",".join(str(m.out_channels) for m in convs) or "-",
+                "mflops": 2 * macs / 1e6,  # forward, per image
+                "ms": 1000 * statistics.median(times),
+            }
+        )
+        x = out.detach()
+    return rows
+
+
+def _forward_backward(
+    part: torch.nn.Module, inp: torch.Tensor, labels: Optional[torch.Tensor], precision: str, device: torch.device
+) -> torch.Tensor:
+    """One forward and backward of ``part``: through the loss for the head (``labels``), else a fixed gradient."""
+    with _autocast(device, precision):
+        out = part(inp)
+        loss = F.cross_entropy(out, labels) if labels is not None else None
+    if loss is not None:
+        loss.backward()
+    else:
+        out.backward(torch.ones_like(out) / out.numel())
+    return out
+
+
+def print_stage_times(rows: list[dict], batch_size: int) -> None:
+    total = sum(r["ms"] for r in rows)
+    flops = sum(r["mflops"] for r in rows)
+    print(f"time per stage, forward + backward, batch {batch_size} (each stage alone, median of 10):")
+    cols = ("stage", "input", "conv channels", "MFLOPs/img", "FLOP share", "ms", "time share")
+    print(f"{cols[0]:6s} {cols[1]:>10s} {cols[2]:>14s} {cols[3]:>11s} {cols[4]:>11s} {cols[5]:>8s} {cols[6]:>11s}")
+    for r in rows:
+        print(
+            f"{r['stage']:6s} {r['input']:>10s} {r['channels']:>14s} {r['mflops']:11.1f} "
+            f"{100 * r['mflops'] / flops:10.1f}% {r['ms']:8.1f} {100 * r['ms'] / total:10.1f}%"
+        )
+    print(f"{'all':6s} {'':>10s} {'':>14s} {flops:11.1f} {'':>11s} {total:8.1f}")
+
+
 def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
     if data_dir is None:
         g = torch.Generator().manual_seed(0)
@@ -239,6 +322,7 @@ def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple
 def run(
     arch: str = "vgg16",
     width: float = 1.0,
+    stage_widths: Optional[list[float]] = None,
     batch_size: int = 256,
     steps: int = 20,
     warmup: int = 5,
@@ -250,12 +334,14 @@ def run(
     lr: float = 0.05,
     data_dir: Optional[str] = None,
     device: str = "auto",
+    stages: bool = False,
 ) -> dict:
     """Benchmark; prints a table and returns the medians.
 
     Args:
         arch: network (``vgg11``..``vgg19``, ``blog_vgg16``).
         width: channel factor of the VGG.
+        stage_widths: one more factor per stage (``--model.stage_widths`` of ``fit``).
         batch_size: images per step.
         steps: timed steps per run, after ``warmup`` untimed ones.
         warmup: untimed steps first (compilation, cudnn autotuning, allocator).
@@ -267,6 +353,7 @@ def run(
         lr: peak learning rate (the step time does not depend on it).
         data_dir: a folder with CIFAR-10 python files; default: synthetic images.
         device: ``auto``, ``cpu`` or ``cuda``.
+        stages: after the loops, time each stage of the network forward and backward on its own.
     """
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -277,6 +364,7 @@ def run(
     cfg = dict(
         arch=arch,
         width=width,
+        stage_widths=stage_widths,
         batch_size=batch_size,
         steps=steps,
         warmup=warmup,
@@ -292,9 +380,11 @@ def run(
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     print(f"device: {name}; torch {torch.__version__}, lightning {L.__version__}")
     print(f"data: {source}")
+    per_stage = f" stages {stage_widths}" if stage_widths else ""
     print(
-        f"model: {arch} width {width} BN; batch {batch_size}; precision {precision}; channels_last {channels_last};"
-        f" compile {compile}; fused SGD {fused}; {warmup} warm-up + {steps} timed steps x {repeats}"
+        f"model: {arch} width {width}{per_stage} BN; batch {batch_size}; precision {precision};"
+        f" channels_last {channels_last}; compile {compile}; fused SGD {fused};"
+        f" {warmup} warm-up + {steps} timed steps x {repeats}"
     )
     results: dict[str, list[dict]] = {"plain": [], "lightning": []}
     loops = [("plain", plain_loop), ("lightning", lightning_fit)]
@@ -319,6 +409,9 @@ def run(
     print(f"ratio lightning/plain: {ratio:.3f} (target >= 0.97)")
     if dev.type == "cpu":
         print("(CPU peak memory is the whole process's peak RSS, so it covers both loops)")
+    if stages:
+        summary["stages"] = stage_times(cfg, dev)
+        print_stage_times(summary["stages"], batch_size)
     return summary
 
 

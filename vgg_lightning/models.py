@@ -10,7 +10,7 @@ size the head was built for (1x1 for VGG, 4x4 for blog_vgg16), which is an ident
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -26,21 +26,41 @@ CONFIGS: dict[str, list[Union[int, str]]] = {
 ARCHS = (*CONFIGS, "blog_vgg16")
 
 
+def stage_factors(cfg: list[Union[int, str]], width: float, stage_widths: Optional[Sequence[float]]) -> list[float]:
+    """The factor on each convolution's channels: ``width`` times its stage's entry of ``stage_widths`` (a stage
+    is the convolutions before a pooling; every VGG config has five)."""
+    stages = cfg.count("M")
+    if stage_widths is None:
+        stage_widths = [1.0] * stages
+    if len(stage_widths) != stages or min(stage_widths) <= 0:
+        raise ValueError(f"stage_widths needs {stages} positive factors, one per stage, got {list(stage_widths)}")
+    factors, stage = [], 0
+    for v in cfg:
+        if v == "M":
+            stage += 1
+        else:
+            factors.append(width * stage_widths[stage])
+    return factors
+
+
 def make_layers(
     cfg: list[Union[int, str]],
     batch_norm: bool,
     width: float = 1.0,
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
+    stage_widths: Optional[Sequence[float]] = None,
 ) -> nn.Sequential:
-    """Conv(3x3) [-> BN] -> ReLU for each number, MaxPool for each "M"; ``width`` scales every channel count."""
+    """Conv(3x3) [-> BN] -> ReLU for each number, MaxPool for each "M"; ``width`` scales every channel count,
+    ``stage_widths`` each stage's on top of it."""
     layers: list[nn.Module] = []
     in_channels = 3
+    factors = iter(stage_factors(cfg, width, stage_widths))
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
-        out_channels = max(1, round(int(v) * width))
+        out_channels = max(1, round(int(v) * next(factors)))
         # A conv followed by BN needs no bias: BN's shift replaces it.
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
         if batch_norm:
@@ -51,7 +71,8 @@ def make_layers(
 
 
 class VGG(nn.Module):
-    """VGG features followed by a CIFAR head: ``head_hidden`` 0 gives one linear layer from the 512 features."""
+    """VGG features followed by a CIFAR head: ``head_hidden`` 0 gives one linear layer from the 512 features
+    (times the width factors)."""
 
     def __init__(
         self,
@@ -63,12 +84,12 @@ class VGG(nn.Module):
         dropout: float = 0.0,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
+        stage_widths: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
-        self.features = make_layers(cfg, batch_norm, width, bn_momentum, bn_eps)
+        self.features = make_layers(cfg, batch_norm, width, bn_momentum, bn_eps, stage_widths)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
-        channels = [v for v in cfg if v != "M"]
-        in_features = max(1, round(int(channels[-1]) * width))
+        in_features = next(m.out_channels for m in reversed(self.features) if isinstance(m, nn.Conv2d))
         head: list[nn.Module] = [nn.Flatten()]
         if head_hidden > 0:
             for _ in range(2):  # two hidden layers, as VGG's classifier has
@@ -145,13 +166,14 @@ def build_model(
     dropout: float = 0.0,
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
+    stage_widths: Optional[Sequence[float]] = None,
 ) -> nn.Module:
     """The network named by ``arch``; ``blog_vgg16`` ignores the VGG-only options, as the article fixed them."""
     if arch in ("blog_vgg16", "seed"):  # "seed": its name in older checkpoints
         return BlogVGG16(num_classes=num_classes)
     if arch not in CONFIGS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps)
+    return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps, stage_widths)
 
 
 def dirac_init(model: nn.Module) -> int:

@@ -35,6 +35,9 @@ class VGGClassifier(L.LightningModule):
         arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``blog_vgg16`` (the blog article's "VGG-16", as printed).
         batch_norm: BatchNorm after each convolution (the "-BN" variants).
         width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
+        stage_widths: one more factor per stage (the convolutions before each of the five poolings), on top of
+            ``width``: ``[1, 1, 1, 1, 0.5]`` halves the last stage, whose 2x2 maps cost as much time on a CPU as
+            any other stage's. Default: 1 for every stage.
         head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
         dropout: dropout before each FC layer of the head.
         num_classes: set from the data module (``data.num_classes``); do not type it.
@@ -82,6 +85,7 @@ class VGGClassifier(L.LightningModule):
         arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "blog_vgg16"] = "vgg16",
         batch_norm: bool = True,
         width: PositiveFloat = 1.0,
+        stage_widths: Optional[list[PositiveFloat]] = None,
         head_hidden: NonNegativeInt = 0,
         dropout: ClosedUnitInterval = 0.0,
         num_classes: PositiveInt = 10,
@@ -111,8 +115,18 @@ class VGGClassifier(L.LightningModule):
         super().__init__()
         if image_size < 32:
             raise ConfigError(f"model.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
+        if stage_widths is not None and arch not in CONFIGS:
+            raise ConfigError(f"model.stage_widths shapes the VGG configs; {arch} is kept as printed: leave it unset")
+        stages = CONFIGS[arch].count("M") if arch in CONFIGS else 0
+        if stage_widths is not None and len(stage_widths) != stages:
+            raise ConfigError(
+                f"model.stage_widths needs one factor per stage of {arch} ({stages}), got {len(stage_widths)}: "
+                f"{stage_widths}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'"
+            )
         self.save_hyperparameters()
-        self.net = build_model(arch, num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps)
+        self.net = build_model(
+            arch, num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps, stage_widths
+        )
         vgg = arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
         if dirac and vgg:
             dirac_init(self.net)
