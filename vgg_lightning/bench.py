@@ -232,14 +232,12 @@ def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
     stages: list[torch.nn.Sequential] = [torch.nn.Sequential()]
-    for layer in getattr(model, "features", []):
+    for layer in model.features:
         stages[-1].append(layer)
         if isinstance(layer, torch.nn.MaxPool2d):
             stages.append(torch.nn.Sequential())
-    stages = [st for st in stages if len(st)]
-    head = torch.nn.Sequential(model.avgpool, model.classifier) if hasattr(model, "classifier") else None
-    if not stages or head is None:
-        raise SystemExit(f"error: --stages needs a VGG config network, not {cfg['arch']}")
+    stages = [st for st in stages if len(st)]  # a VGG ends on a pooling: no empty stage after it
+    head = torch.nn.Sequential(model.avgpool, model.classifier)
     x = torch.randn(cfg["batch_size"], 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (cfg["batch_size"],), device=device)
     rows = []

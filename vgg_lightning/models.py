@@ -33,7 +33,10 @@ def stage_factors(cfg: list[Union[int, str]], width: float, stage_widths: Option
     if stage_widths is None:
         stage_widths = [1.0] * stages
     if len(stage_widths) != stages or min(stage_widths) <= 0:
-        raise ValueError(f"stage_widths needs {stages} positive factors, one per stage, got {list(stage_widths)}")
+        raise ValueError(
+            f"stage_widths needs {stages} positive factors, one per stage,"
+            f" got {len(stage_widths)}: {list(stage_widths)}"
+        )
     factors, stage = [], 0
     for v in cfg:
         if v == "M":

@@ -24,7 +24,7 @@ from vgg_lightning import schedules
 from vgg_lightning.callbacks.pacing import is_last_validation
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import RunningLossAccuracy
-from vgg_lightning.models import CONFIGS, build_model, dirac_init, first_conv, whiten_init
+from vgg_lightning.models import CONFIGS, build_model, dirac_init, first_conv, stage_factors, whiten_init
 from vgg_lightning.precision import prefers_channels_last
 
 
@@ -115,14 +115,15 @@ class VGGClassifier(L.LightningModule):
         super().__init__()
         if image_size < 32:
             raise ConfigError(f"model.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
-        if stage_widths is not None and arch not in CONFIGS:
-            raise ConfigError(f"model.stage_widths shapes the VGG configs; {arch} is kept as printed: leave it unset")
-        stages = CONFIGS[arch].count("M") if stage_widths is not None else 0
-        if stage_widths is not None and len(stage_widths) != stages:
-            raise ConfigError(
-                f"model.stage_widths needs one factor per stage of {arch} ({stages}), got {len(stage_widths)}: "
-                f"{stage_widths}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'"
-            )
+        if stage_widths is not None:
+            if arch not in CONFIGS:
+                raise ConfigError(
+                    f"model.stage_widths shapes the VGG configs; {arch} is kept as printed: leave it unset"
+                )
+            try:  # the network's own check, said as an option's error before any work
+                stage_factors(CONFIGS[arch], width, stage_widths)
+            except ValueError as e:
+                raise ConfigError(f"model.{e}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'") from None
         self.save_hyperparameters()
         self.net = build_model(
             arch, num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps, stage_widths

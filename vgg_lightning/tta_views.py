@@ -117,8 +117,8 @@ def run(checkpoints: list[str], data_dir: str | None = None, max_shift: int = 2)
         for name, views in sets.items():
             table[name].append(accuracy(logits, labels, views))
         print(f"{path}: {len(labels)} validation images, {len(logits)} passes", flush=True)
-    ref = next(iter(table.values())) if sets else []
-    width = max(len(n) for n in sets) if sets else 10
+    ref = next(iter(table.values()))  # "mirror only" is in every selection, so the table is never empty
+    width = max(len(n) for n in sets)
     print(f"{'views (each with its mirror)':{width}s}  {'val acc % per checkpoint':>24s}  {'mean':>6s}  vs 1st row")
     for name, accs in table.items():
         mean_acc = statistics.mean(accs)
