@@ -155,6 +155,8 @@ def test_help_and_print_config(workdir):
         ["--data.dataset", "mnist"],
         ["--model.optimizer", "rmsprop"],
         ["--model.stage_widths", "[1, 0.5]"],
+        ["--model.optimizer", "muon", "--model.batch_norm", "false"],
+        ["--model.activation", "gelu", "--model.arch", "blog_vgg16"],
     ],
 )
 def test_bad_options_exit_2(option, workdir):

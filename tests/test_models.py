@@ -55,6 +55,17 @@ def test_stage_widths_scale_each_stage_on_top_of_width():
         build_model("vgg13", stage_widths=[1, 1, 1, 1])
 
 
+def test_gelu_replaces_every_conv_relu_and_keeps_the_parameters():
+    relu, gelu = build_model("vgg11", width=0.25), build_model("vgg11", width=0.25, activation="gelu")
+    kinds = [type(m) for m in gelu.features]
+    assert kinds == [nn.GELU if t is nn.ReLU else t for t in (type(m) for m in relu.features)]
+    assert nn.ReLU not in kinds and kinds.count(nn.GELU) == 8
+    assert count_parameters(gelu) == count_parameters(relu)
+    gelu.load_state_dict(relu.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(gelu.eval()(x), relu.eval()(x))  # the activation is used, not just listed
+
+
 def test_every_conv_is_followed_by_bn_and_relu():
     layers = list(build_model("vgg16").features)
     for i, layer in enumerate(layers):

@@ -104,7 +104,9 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
-    model = build_model(cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"]).to(device)
+    model = build_model(
+        cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"], activation=cfg["activation"]
+    ).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if cfg["compile"] else model
@@ -191,6 +193,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
         arch=cfg["arch"],
         width=cfg["width"],
         stage_widths=cfg["stage_widths"],
+        activation=cfg["activation"],
         lr=cfg["lr"],
         label_smoothing=0.0,
         schedule="onecycle",
@@ -228,7 +231,9 @@ def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict
     precision and memory format, with a fixed gradient for its output; the first stage's input needs no
     gradient, as in training. The head row includes the loss."""
     torch.manual_seed(0)
-    model = build_model(cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"]).to(device)
+    model = build_model(
+        cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"], activation=cfg["activation"]
+    ).to(device)
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
     stages: list[torch.nn.Sequential] = [torch.nn.Sequential()]
@@ -321,6 +326,7 @@ def run(
     arch: str = "vgg16",
     width: float = 1.0,
     stage_widths: Optional[list[float]] = None,
+    activation: str = "relu",
     batch_size: int = 256,
     steps: int = 20,
     warmup: int = 5,
@@ -340,6 +346,7 @@ def run(
         arch: network (``vgg11``..``vgg19``, ``blog_vgg16``).
         width: channel factor of the VGG.
         stage_widths: one more factor per stage (``--model.stage_widths`` of ``fit``).
+        activation: ``relu`` or ``gelu`` after each convolution (``--model.activation`` of ``fit``).
         batch_size: images per step.
         steps: timed steps per run, after ``warmup`` untimed ones.
         warmup: untimed steps first (compilation, cudnn autotuning, allocator).
@@ -363,6 +370,7 @@ def run(
         arch=arch,
         width=width,
         stage_widths=stage_widths,
+        activation=activation,
         batch_size=batch_size,
         steps=steps,
         warmup=warmup,
@@ -380,7 +388,7 @@ def run(
     print(f"data: {source}")
     per_stage = f" stages {stage_widths}" if stage_widths else ""
     print(
-        f"model: {arch} width {width}{per_stage} BN; batch {batch_size}; precision {precision};"
+        f"model: {arch} width {width}{per_stage} BN {activation}; batch {batch_size}; precision {precision};"
         f" channels_last {channels_last}; compile {compile}; fused SGD {fused};"
         f" {warmup} warm-up + {steps} timed steps x {repeats}"
     )

@@ -24,6 +24,8 @@ CONFIGS: dict[str, list[Union[int, str]]] = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 ARCHS = (*CONFIGS, "blog_vgg16")
+# The nonlinearity after each convolution: VGG's ReLU, or the GELU the CIFAR-10 speed runs use.
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
 
 
 def stage_factors(cfg: list[Union[int, str]], width: float, stage_widths: Optional[Sequence[float]]) -> list[float]:
@@ -53,9 +55,10 @@ def make_layers(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
     stage_widths: Optional[Sequence[float]] = None,
+    activation: str = "relu",
 ) -> nn.Sequential:
-    """Conv(3x3) [-> BN] -> ReLU for each number, MaxPool for each "M"; ``width`` scales every channel count,
-    ``stage_widths`` each stage's on top of it."""
+    """Conv(3x3) [-> BN] -> ReLU (or ``activation``) for each number, MaxPool for each "M"; ``width`` scales every
+    channel count, ``stage_widths`` each stage's on top of it."""
     layers: list[nn.Module] = []
     in_channels = 3
     factors = iter(stage_factors(cfg, width, stage_widths))
@@ -68,7 +71,7 @@ def make_layers(
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(ACTIVATIONS[activation]())
         in_channels = out_channels
     return nn.Sequential(*layers)
 
@@ -88,9 +91,10 @@ class VGG(nn.Module):
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
         stage_widths: Optional[Sequence[float]] = None,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.features = make_layers(cfg, batch_norm, width, bn_momentum, bn_eps, stage_widths)
+        self.features = make_layers(cfg, batch_norm, width, bn_momentum, bn_eps, stage_widths, activation)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
         in_features = next(m.out_channels for m in reversed(self.features) if isinstance(m, nn.Conv2d))
         head: list[nn.Module] = [nn.Flatten()]
@@ -170,13 +174,25 @@ def build_model(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
     stage_widths: Optional[Sequence[float]] = None,
+    activation: str = "relu",
 ) -> nn.Module:
     """The network named by ``arch``; ``blog_vgg16`` ignores the VGG-only options, as the article fixed them."""
     if arch in ("blog_vgg16", "seed"):  # "seed": its name in older checkpoints
         return BlogVGG16(num_classes=num_classes)
     if arch not in CONFIGS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return VGG(CONFIGS[arch], num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps, stage_widths)
+    return VGG(
+        CONFIGS[arch],
+        num_classes,
+        batch_norm,
+        width,
+        head_hidden,
+        dropout,
+        bn_momentum,
+        bn_eps,
+        stage_widths,
+        activation,
+    )
 
 
 def dirac_init(model: nn.Module) -> int:

@@ -25,7 +25,8 @@ from vgg_lightning.callbacks.pacing import is_last_validation
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import RunningLossAccuracy
 from vgg_lightning.models import CONFIGS, build_model, dirac_init, first_conv, stage_factors, whiten_init
-from vgg_lightning.precision import prefers_channels_last
+from vgg_lightning.muon import MuonSGD
+from vgg_lightning.precision import cpu_has_native_bf16, prefers_channels_last
 
 
 class VGGClassifier(L.LightningModule):
@@ -38,12 +39,17 @@ class VGGClassifier(L.LightningModule):
         stage_widths: one more factor per stage (the convolutions before each of the five poolings), on top of
             ``width``: ``[1, 1, 1, 1, 0.5]`` halves the last stage (its 2x2 maps take 11% of a CPU step for 8% of
             the FLOPs; ``python -m vgg_lightning.bench --stages true`` shows each stage's share). Default: 1 each.
+        activation: ``relu`` (VGG's) or ``gelu`` (the speed runs') after every convolution; the head keeps ReLU.
         head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
         dropout: dropout before each FC layer of the head.
         num_classes: set from the data module (``data.num_classes``); do not type it.
         image_size: side of the input images, set from the data module (``data.image_size``); do not type it.
-        optimizer: ``sgd`` (with momentum, optionally Nesterov) or ``adamw``.
+        optimizer: ``sgd`` (with momentum, optionally Nesterov), ``adamw``, or ``muon``: Muon steps for the
+            convolution filters (their momentum update made orthogonal, each filter held at a fixed norm, which
+            BatchNorm allows: needs ``batch_norm``), Nesterov SGD with ``lr`` for the rest (``muon.py``).
         lr: peak learning rate of the schedule.
+        muon_lr: with ``optimizer: muon``, the filters' peak learning rate: each step's size relative to the
+            filter's (airbench's 0.24 is for 200 steps of batch 2000).
         momentum: SGD momentum (``adamw``: beta1).
         nesterov: Nesterov momentum for SGD.
         weight_decay: decoupled for AdamW, L2 for SGD; applied to conv and linear weights only, never to BN
@@ -86,12 +92,14 @@ class VGGClassifier(L.LightningModule):
         batch_norm: bool = True,
         width: PositiveFloat = 1.0,
         stage_widths: Optional[list[PositiveFloat]] = None,
+        activation: Literal["relu", "gelu"] = "relu",
         head_hidden: NonNegativeInt = 0,
         dropout: ClosedUnitInterval = 0.0,
         num_classes: PositiveInt = 10,
         image_size: PositiveInt = 32,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
+        optimizer: Literal["sgd", "adamw", "muon"] = "sgd",
         lr: PositiveFloat = 0.1,
+        muon_lr: PositiveFloat = 0.02,
         momentum: ClosedUnitInterval = 0.9,
         nesterov: bool = True,
         weight_decay: NonNegativeFloat = 5e-4,
@@ -124,9 +132,18 @@ class VGGClassifier(L.LightningModule):
                 stage_factors(CONFIGS[arch], width, stage_widths)
             except ValueError as e:
                 raise ConfigError(f"model.{e}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'") from None
+        if activation != "relu" and arch not in CONFIGS:
+            raise ConfigError(f"model.activation shapes the VGG configs; {arch} is kept as printed: leave it unset")
+        if optimizer == "muon" and not (batch_norm and arch in CONFIGS):
+            raise ConfigError(
+                "model.optimizer muon holds each filter at a fixed norm, which only BatchNorm after every convolution"
+                " allows: use it with a VGG arch and --model.batch_norm true, or pick sgd or adamw"
+            )
+        if optimizer == "muon" and fused:
+            raise ConfigError("model.fused: the muon optimizer has no fused implementation; leave it unset")
         self.save_hyperparameters()
         self.net = build_model(
-            arch, num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps, stage_widths
+            arch, num_classes, batch_norm, width, head_hidden, dropout, bn_momentum, bn_eps, stage_widths, activation
         )
         vgg = arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
         if dirac and vgg:
@@ -404,9 +421,17 @@ class VGGClassifier(L.LightningModule):
         no_decay = [p for p in trained if p.ndim <= 1]  # BN weights and all biases
         groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = self.device.type == "cuda" if h.fused is None else h.fused
+        nesterov = h.nesterov and h.momentum > 0
         if h.optimizer == "sgd":
-            nesterov = h.nesterov and h.momentum > 0
             opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, fused=fused or None)
+        elif h.optimizer == "muon":
+            filters = [p for p in decay if p.ndim == 4]
+            groups = [
+                {"params": filters, "lr": h.muon_lr, "orthogonal": True, "weight_decay": 0.0},
+                {"params": [p for p in decay if p.ndim != 4], "weight_decay": h.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            opt = MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, ns_dtype=self._fast_dtype())
         else:
             opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
         if h.schedule == "constant":
@@ -420,6 +445,12 @@ class VGGClassifier(L.LightningModule):
             )
         sched = schedules.build(opt, h.schedule, total, h.warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _fast_dtype(self) -> torch.dtype:
+        """bf16 where the device computes it natively (Muon's iterations tolerate it), fp32 elsewhere."""
+        if self.device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if self.device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
     def _estimated_steps(self) -> int:
         """The schedule's length from max_epochs/max_steps; a time budget's placeholder when they set no end."""
