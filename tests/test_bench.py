@@ -48,3 +48,24 @@ def test_gpu_report_commands_parse(tmp_path):
         )
         assert r.returncode == 0, r.stderr[-2000:]
         assert "dataset: folder" in r.stdout and "vgg_lightning.callbacks.PhaseTimer" in r.stdout
+
+
+def test_bench_takes_fits_optimizer_and_activation_in_both_loops(monkeypatch, capsys):
+    import vgg_lightning.bench as bench
+    import vgg_lightning.module as module
+    from vgg_lightning.muon import MuonSGD
+
+    made = []
+
+    class Counted(MuonSGD):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["ns_dtype"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "MuonSGD", Counted)
+    monkeypatch.setattr(module, "MuonSGD", Counted)
+    run(arch="vgg11", width=0.125, activation="gelu", optimizer="muon", batch_size=4, steps=1, warmup=1, repeats=1,
+        precision="32-true")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "BN gelu" in out and "; muon;" in out
+    assert len(made) == 2  # the plain loop's and the Lightning module's

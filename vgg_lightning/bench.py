@@ -22,7 +22,7 @@ import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import lightning as L
 import torch
@@ -34,6 +34,7 @@ from vgg_lightning.data.datamodule import STATS, ImageDataModule
 from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.models import build_model
 from vgg_lightning.module import VGGClassifier
+from vgg_lightning.muon import MuonSGD
 from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 
 
@@ -112,13 +113,26 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     fwd = torch.compile(model) if cfg["compile"] else model
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"],
-        momentum=0.9,
-        nesterov=True,
-        fused=cfg["fused"] or None,
-    )
+    if cfg["optimizer"] == "muon":  # as VGGClassifier builds it: the filters orthogonal, the rest SGD
+        filters = [p for p in decay if p.ndim == 4]
+        opt = MuonSGD(
+            [
+                {"params": filters, "lr": 0.015, "orthogonal": True},
+                {"params": [p for p in decay if p.ndim != 4], "weight_decay": 5e-4},
+                {"params": no_decay},
+            ],
+            lr=cfg["lr"],
+            momentum=0.9,
+            ns_dtype=torch.bfloat16 if cfg["precision"].startswith("bf16") else torch.float32,
+        )
+    else:
+        opt = torch.optim.SGD(
+            [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg["lr"],
+            momentum=0.9,
+            nesterov=True,
+            fused=cfg["fused"] or None,
+        )
     total = cfg["warmup"] + cfg["steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, cycle_momentum=False)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"].startswith("16"))
@@ -194,12 +208,13 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
         width=cfg["width"],
         stage_widths=cfg["stage_widths"],
         activation=cfg["activation"],
+        optimizer=cfg["optimizer"],
         lr=cfg["lr"],
         label_smoothing=0.0,
         schedule="onecycle",
         channels_last=cfg["channels_last"],
         compile=cfg["compile"],
-        fused=cfg["fused"],
+        fused=cfg["fused"] if cfg["optimizer"] == "sgd" else None,
     )
     data = _BenchData(images, labels, cfg["batch_size"])
     timer = _StepTimer(cfg["warmup"])
@@ -326,7 +341,8 @@ def run(
     arch: str = "vgg16",
     width: float = 1.0,
     stage_widths: Optional[list[float]] = None,
-    activation: str = "relu",
+    activation: Literal["relu", "gelu"] = "relu",
+    optimizer: Literal["sgd", "muon"] = "sgd",
     batch_size: int = 256,
     steps: int = 20,
     warmup: int = 5,
@@ -347,6 +363,8 @@ def run(
         width: channel factor of the VGG.
         stage_widths: one more factor per stage (``--model.stage_widths`` of ``fit``).
         activation: ``relu`` or ``gelu`` after each convolution (``--model.activation`` of ``fit``).
+        optimizer: ``sgd`` or ``muon`` (``--model.optimizer`` of ``fit``): Muon's Newton-Schulz iterations cost
+            the same per step whatever the batch.
         batch_size: images per step.
         steps: timed steps per run, after ``warmup`` untimed ones.
         warmup: untimed steps first (compilation, cudnn autotuning, allocator).
@@ -371,6 +389,7 @@ def run(
         width=width,
         stage_widths=stage_widths,
         activation=activation,
+        optimizer=optimizer,
         batch_size=batch_size,
         steps=steps,
         warmup=warmup,
@@ -389,7 +408,7 @@ def run(
     per_stage = f" stages {stage_widths}" if stage_widths else ""
     print(
         f"model: {arch} width {width}{per_stage} BN {activation}; batch {batch_size}; precision {precision};"
-        f" channels_last {channels_last}; compile {compile}; fused SGD {fused};"
+        f" channels_last {channels_last}; compile {compile}; {optimizer}; fused SGD {fused};"
         f" {warmup} warm-up + {steps} timed steps x {repeats}"
     )
     results: dict[str, list[dict]] = {"plain": [], "lightning": []}
