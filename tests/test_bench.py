@@ -51,8 +51,7 @@ def test_gpu_report_commands_parse(tmp_path):
 
 
 def test_bench_takes_fits_optimizer_and_activation_in_both_loops(monkeypatch, capsys):
-    import vgg_lightning.bench as bench
-    import vgg_lightning.module as module
+    import vgg_lightning.muon as muon
     from vgg_lightning.muon import MuonSGD
 
     made = []
@@ -62,8 +61,7 @@ def test_bench_takes_fits_optimizer_and_activation_in_both_loops(monkeypatch, ca
             made.append(kwargs["ns_dtype"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "MuonSGD", Counted)
-    monkeypatch.setattr(module, "MuonSGD", Counted)
+    monkeypatch.setattr(muon, "MuonSGD", Counted)  # both loops build it from vgg_lightning.muon
     run(arch="vgg11", width=0.125, activation="gelu", optimizer="muon", batch_size=4, steps=1, warmup=1, repeats=1,
         precision="32-true")  # fmt: skip
     out = capsys.readouterr().out

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
+from vgg_lightning import muon
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.datamodule import STATS, ImageDataModule
 from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.models import build_model
 from vgg_lightning.module import VGGClassifier
-from vgg_lightning.muon import MuonSGD
 from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 
 
@@ -114,17 +114,8 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     if cfg["optimizer"] == "muon":  # as VGGClassifier builds it: the filters orthogonal, the rest SGD
-        filters = [p for p in decay if p.ndim == 4]
-        opt = MuonSGD(
-            [
-                {"params": filters, "lr": 0.015, "orthogonal": True},
-                {"params": [p for p in decay if p.ndim != 4], "weight_decay": 5e-4},
-                {"params": no_decay},
-            ],
-            lr=cfg["lr"],
-            momentum=0.9,
-            ns_dtype=torch.bfloat16 if cfg["precision"].startswith("bf16") else torch.float32,
-        )
+        groups = muon.param_groups(decay, no_decay, muon_lr=0.015, weight_decay=5e-4)
+        opt = muon.MuonSGD(groups, lr=cfg["lr"], momentum=0.9, ns_dtype=muon.ns_dtype(device.type))
     else:
         opt = torch.optim.SGD(
             [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],

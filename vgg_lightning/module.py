@@ -20,13 +20,12 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from typing_extensions import override
 
-from vgg_lightning import schedules
+from vgg_lightning import muon, schedules
 from vgg_lightning.callbacks.pacing import is_last_validation
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import RunningLossAccuracy
 from vgg_lightning.models import CONFIGS, build_model, dirac_init, first_conv, stage_factors, whiten_init
-from vgg_lightning.muon import MuonSGD
-from vgg_lightning.precision import cpu_has_native_bf16, prefers_channels_last
+from vgg_lightning.precision import prefers_channels_last
 
 
 class VGGClassifier(L.LightningModule):
@@ -425,13 +424,9 @@ class VGGClassifier(L.LightningModule):
         if h.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, fused=fused or None)
         elif h.optimizer == "muon":
-            filters = [p for p in decay if p.ndim == 4]
-            groups = [
-                {"params": filters, "lr": h.muon_lr, "orthogonal": True, "weight_decay": 0.0},
-                {"params": [p for p in decay if p.ndim != 4], "weight_decay": h.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ]
-            opt = MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, ns_dtype=self._fast_dtype())
+            groups = muon.param_groups(decay, no_decay, h.muon_lr, h.weight_decay)
+            dtype = muon.ns_dtype(self.device.type)
+            opt = muon.MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, ns_dtype=dtype)
         else:
             opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
         if h.schedule == "constant":
@@ -445,12 +440,6 @@ class VGGClassifier(L.LightningModule):
             )
         sched = schedules.build(opt, h.schedule, total, h.warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def _fast_dtype(self) -> torch.dtype:
-        """bf16 where the device computes it natively (Muon's iterations tolerate it), fp32 elsewhere."""
-        if self.device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if self.device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
     def _estimated_steps(self) -> int:
         """The schedule's length from max_epochs/max_steps; a time budget's placeholder when they set no end."""

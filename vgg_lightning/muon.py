@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from vgg_lightning.precision import auto_precision
+
 # Quintic Newton-Schulz coefficients chosen for the largest slope at 0 (Muon's): small singular values grow
 # fast; the result's singular values land near 1 (within about 0.5-1.5), not exactly on it, which trains as well.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -37,6 +39,23 @@ def orthogonalize(update: torch.Tensor, steps: int, dtype: torch.dtype = torch.f
     if not wide:
         x = x.T
     return x.reshape(update.shape).to(update.dtype)
+
+
+def ns_dtype(device_type: str) -> torch.dtype:
+    """bf16 where the device computes it natively (the iterations tolerate it), fp32 elsewhere."""
+    return torch.bfloat16 if auto_precision(device_type).startswith("bf16") else torch.float32
+
+
+def param_groups(
+    decay: list[torch.Tensor], no_decay: list[torch.Tensor], muon_lr: float, weight_decay: float
+) -> list[dict]:
+    """MuonSGD's groups from the usual split: the 4-d filters orthogonal at ``muon_lr`` (held at a fixed norm, no
+    decay), the other weights (the linear head) with L2 ``weight_decay``, BatchNorm parameters and biases without."""
+    return [
+        {"params": [p for p in decay if p.ndim == 4], "lr": muon_lr, "orthogonal": True, "weight_decay": 0.0},
+        {"params": [p for p in decay if p.ndim != 4], "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 class MuonSGD(torch.optim.Optimizer):
