@@ -156,6 +156,7 @@ def test_help_and_print_config(workdir):
         ["--model.optimizer", "rmsprop"],
         ["--model.stage_widths", "[1, 0.5]"],
         ["--model.optimizer", "muon", "--model.batch_norm", "false"],
+        ["--model.muon_momentum", "0.6"],  # without --model.optimizer muon
         ["--model.activation", "gelu", "--model.arch", "blog_vgg16"],
     ],
 )

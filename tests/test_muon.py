@@ -30,15 +30,19 @@ def test_orthogonalize_gives_the_polar_factor_within_muons_tolerance(shape):
     assert low.dtype == g.dtype and (low * o).sum() / (low.norm() * o.norm()) > 0.98
 
 
-def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds():
+@pytest.mark.parametrize("filter_momentum", [None, 0.6])
+def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds(filter_momentum):
+    """By hand over 3 steps; the filters' own momentum (``--model.muon_momentum``) leaves the rest at 0.9."""
     torch.manual_seed(0)
+    fm = 0.9 if filter_momentum is None else filter_momentum
     conv, bn = torch.nn.Conv2d(8, 16, 3), torch.nn.BatchNorm2d(16)
     head = torch.nn.Linear(16, 4)
     params = [conv.weight, conv.bias, bn.weight, bn.bias, head.weight, head.bias]
     copies = [p.detach().clone().requires_grad_() for p in params]
     opt = MuonSGD(
         [
-            {"params": [params[0]], "lr": 0.05, "orthogonal": True},
+            {"params": [params[0]], "lr": 0.05, "orthogonal": True}
+            | ({} if filter_momentum is None else {"momentum": filter_momentum}),
             {"params": params[1:4] + params[5:], "weight_decay": 0.0},
             {"params": [params[4]], "weight_decay": 1e-3},
         ],
@@ -57,8 +61,8 @@ def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds():
         w = params[0].detach().clone()
         for p, c, g in zip(params, copies, step):
             p.grad, c.grad = g.clone(), g.clone()
-        buf = step[0].clone() if buf is None else 0.9 * buf + step[0]
-        expected = w * math.sqrt(16) / w.norm() - 0.05 * orthogonalize(step[0] + 0.9 * buf, steps=3)
+        buf = step[0].clone() if buf is None else fm * buf + step[0]
+        expected = w * math.sqrt(16) / w.norm() - 0.05 * orthogonalize(step[0] + fm * buf, steps=3)
         opt.step()
         sgd.step()
         assert torch.allclose(params[0], expected, atol=1e-6)
@@ -69,7 +73,7 @@ def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds():
 def test_muon_fit_steps_only_trained_filters_orthogonally(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--trainer.max_epochs", "1", "--model.optimizer", "muon", "--model.whiten", "frozen"]
-    assert main(["fit", *tiny(cifar10_dir, *args)]) == 0
+    assert main(["fit", *tiny(cifar10_dir, *args, "--model.muon_momentum", "0.6")]) == 0
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     model = VGGClassifier.load_from_checkpoint(
@@ -79,6 +83,7 @@ def test_muon_fit_steps_only_trained_filters_orthogonally(cifar10_dir, tmp_path,
     assert first_conv(model.net).weight is convs[0]
     assert [(g["orthogonal"], len(g["params"]), g["lr"] > 0) for g in groups[:1]] == [(True, len(convs) - 1, True)]
     assert not any(g["orthogonal"] for g in groups[1:])
+    assert groups[0]["momentum"] == 0.6 and {g["momentum"] for g in groups[1:]} == {0.9}
     # Each trained filter was set to norm sqrt(out) before its last step of relative size about lr (0.02 at
     # peak, less on the schedule's way down): it ends within a few percent of that norm.
     for w in convs[1:]:

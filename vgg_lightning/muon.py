@@ -47,12 +47,20 @@ def ns_dtype(device_type: str) -> torch.dtype:
 
 
 def param_groups(
-    decay: list[torch.Tensor], no_decay: list[torch.Tensor], muon_lr: float, weight_decay: float
+    decay: list[torch.Tensor],
+    no_decay: list[torch.Tensor],
+    muon_lr: float,
+    weight_decay: float,
+    muon_momentum: Optional[float] = None,
 ) -> list[dict]:
     """MuonSGD's groups from the usual split: the 4-d filters orthogonal at ``muon_lr`` (held at a fixed norm, no
-    decay), the other weights (the linear head) with L2 ``weight_decay``, BatchNorm parameters and biases without."""
+    decay; with ``muon_momentum`` if given, else the optimizer's momentum), the other weights (the linear head) with
+    L2 ``weight_decay``, BatchNorm parameters and biases without."""
+    filters = {"params": [p for p in decay if p.ndim == 4], "lr": muon_lr, "orthogonal": True, "weight_decay": 0.0}
+    if muon_momentum is not None:
+        filters["momentum"] = muon_momentum
     return [
-        {"params": [p for p in decay if p.ndim == 4], "lr": muon_lr, "orthogonal": True, "weight_decay": 0.0},
+        filters,
         {"params": [p for p in decay if p.ndim != 4], "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
