@@ -73,7 +73,8 @@ def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds(filter_momen
 def test_muon_fit_steps_only_trained_filters_orthogonally(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--trainer.max_epochs", "1", "--model.optimizer", "muon", "--model.whiten", "frozen"]
-    assert main(["fit", *tiny(cifar10_dir, *args, "--model.muon_momentum", "0.6")]) == 0
+    # The filters' own momentum, with none for the rest: the filters' steps stay Nesterov
+    assert main(["fit", *tiny(cifar10_dir, *args, "--model.muon_momentum", "0.6", "--model.momentum", "0")]) == 0
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     model = VGGClassifier.load_from_checkpoint(
@@ -83,7 +84,8 @@ def test_muon_fit_steps_only_trained_filters_orthogonally(cifar10_dir, tmp_path,
     assert first_conv(model.net).weight is convs[0]
     assert [(g["orthogonal"], len(g["params"]), g["lr"] > 0) for g in groups[:1]] == [(True, len(convs) - 1, True)]
     assert not any(g["orthogonal"] for g in groups[1:])
-    assert groups[0]["momentum"] == 0.6 and {g["momentum"] for g in groups[1:]} == {0.9}
+    assert groups[0]["momentum"] == 0.6 and {g["momentum"] for g in groups[1:]} == {0.0}
+    assert groups[0]["nesterov"]
     # Each trained filter was set to norm sqrt(out) before its last step of relative size about lr (0.02 at
     # peak, less on the schedule's way down): it ends within a few percent of that norm.
     for w in convs[1:]:

@@ -431,7 +431,8 @@ class VGGClassifier(L.LightningModule):
         elif h.optimizer == "muon":
             groups = muon.param_groups(decay, no_decay, h.muon_lr, h.weight_decay, h.muon_momentum)
             dtype = muon.ns_dtype(self.device.type)
-            opt = muon.MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, ns_dtype=dtype)
+            # h.nesterov as given: MuonSGD allows it at momentum 0 (a plain step), and the filters may have momentum
+            opt = muon.MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov, ns_dtype=dtype)
         else:
             opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
         if h.schedule == "constant":
