@@ -1,5 +1,6 @@
 """The accuracy-per-step options taken from the CIFAR-10 speed runs (airbench): each does what it says."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -169,3 +170,29 @@ def test_whitening_and_lookahead_under_ddp_keep_the_ranks_equal(cifar10_dir, tmp
     # BN statistics: DDP gives every forward rank 0's buffers, so rank 0's whole slow copy is the model that is
     # evaluated and saved; rank 1's own statistics are overwritten at its next forward.
     assert seen[0]["on_slow_copy"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon", "adamw"])
+def test_bn_bias_lr_gives_the_bn_shifts_a_group_of_their_own(optimizer):
+    model = VGGClassifier(arch="vgg11", width=0.125, optimizer=optimizer, schedule="constant", bn_bias_lr=3.2)
+    groups = model.configure_optimizers().param_groups
+    shifts = [m.bias for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    others = [[id(p) for p in g["params"]] for g in groups[:-1]]
+    assert [id(p) for p in groups[-1]["params"]] == [id(p) for p in shifts]
+    assert (groups[-1]["lr"], groups[-1]["weight_decay"]) == (3.2, 0.0)
+    assert not {id(p) for p in shifts} & {i for ids in others for i in ids}  # moved, not copied
+    assert sum(map(len, others)) + len(shifts) == len(list(model.parameters()))  # nothing lost
+    plain = VGGClassifier(arch="vgg11", width=0.125, optimizer=optimizer, schedule="constant")
+    assert len(plain.configure_optimizers().param_groups) == len(groups) - 1
+
+
+def test_bn_bias_lr_follows_the_schedule_through_a_fit(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.max_epochs", "1", "--model.optimizer", "muon", "--model.bn_bias_lr", "0.8"]
+    assert main(["fit", *tiny(cifar10_dir, *args)]) == 0
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert groups[-1]["initial_lr"] == 0.8 and groups[1]["initial_lr"] == ckpt["hyper_parameters"]["lr"]
+    factor = groups[1]["lr"] / groups[1]["initial_lr"]
+    assert 0 < factor < 1  # part way down the one-cycle schedule, on which the shifts ride too
+    assert groups[-1]["lr"] == pytest.approx(0.8 * factor)
