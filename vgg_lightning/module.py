@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -426,21 +425,25 @@ class VGGClassifier(L.LightningModule):
         h = self.hparams
         trained = [p for p in self.net.parameters() if p.requires_grad]  # a frozen whitening or BN scale is not
         decay = [p for p in trained if p.ndim > 1]  # conv and linear weights
-        no_decay = [p for p in trained if p.ndim <= 1]  # BN weights and all biases
+        # bn_bias_lr: BatchNorm's shifts get a group of their own (last), with that rate and no decay
+        shifts = [m.bias for m in self.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        shifts = [p for p in shifts if p.requires_grad] if h.bn_bias_lr is not None else []
+        own = {id(p) for p in shifts}
+        no_decay = [p for p in trained if p.ndim <= 1 and id(p) not in own]  # BN weights and all biases
+        shift_group = [{"params": shifts, "lr": h.bn_bias_lr, "weight_decay": 0.0}] if shifts else []
         groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups += shift_group
         fused = self.device.type == "cuda" if h.fused is None else h.fused
         nesterov = h.nesterov and h.momentum > 0
         if h.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, fused=fused or None)
         elif h.optimizer == "muon":
-            groups = muon.param_groups(decay, no_decay, h.muon_lr, h.weight_decay, h.muon_momentum)
+            groups = muon.param_groups(decay, no_decay, h.muon_lr, h.weight_decay, h.muon_momentum) + shift_group
             dtype = muon.ns_dtype(self.device.type)
             # h.nesterov as given: MuonSGD allows it at momentum 0 (a plain step), and the filters may have momentum
             opt = muon.MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov, ns_dtype=dtype)
         else:
             opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
-        if h.bn_bias_lr is not None:
-            self._own_bn_bias_group(opt, h.bn_bias_lr)
         if h.schedule == "constant":
             return opt
         total = self.schedule_steps or self._estimated_steps()
@@ -452,16 +455,6 @@ class VGGClassifier(L.LightningModule):
             )
         sched = schedules.build(opt, h.schedule, total, h.warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def _own_bn_bias_group(self, opt: torch.optim.Optimizer, lr: float) -> None:
-        """``bn_bias_lr``: BatchNorm's shifts moved out of their group (no decay) into one of their own."""
-        shifts = [m.bias for m in self.net.modules() if isinstance(m, _BatchNorm) and m.bias is not None]
-        ids = {id(p) for p in shifts if p.requires_grad}
-        if not ids:
-            return
-        for group in opt.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        opt.add_param_group({"params": [p for p in shifts if id(p) in ids], "lr": lr, "weight_decay": 0.0})
 
     def _estimated_steps(self) -> int:
         """The schedule's length from max_epochs/max_steps; a time budget's placeholder when they set no end."""
