@@ -1,3 +1,5 @@
+import pytest
+
 from vgg_lightning.bench import run
 
 
@@ -13,11 +15,13 @@ def test_bench_runs_both_loops_and_reports(cifar10_dir, capsys):
     assert runs == ["plain", "lightning", "lightning", "plain"]
 
 
-def test_bench_times_each_stage_of_the_network_it_trains(capsys):
+@pytest.mark.parametrize("pool_before_bn", [False, True])
+def test_bench_times_each_stage_of_the_network_it_trains(capsys, pool_before_bn):
     summary = run(arch="vgg11", width=0.125, stage_widths=[1, 1, 1, 1, 0.5], batch_size=4, steps=1, warmup=1,
-                  repeats=1, stages=True)  # fmt: skip
+                  repeats=1, stages=True, pool_before_bn=pool_before_bn)  # fmt: skip
     out = capsys.readouterr().out
     assert "stages [1, 1, 1, 1, 0.5]" in out and "time per stage" in out
+    assert ("pooled before BN" in out) == pool_before_bn
     rows = summary["stages"]
     assert [r["stage"] for r in rows] == ["1", "2", "3", "4", "5", "head"]
     assert [r["channels"] for r in rows] == ["8", "16", "32,32", "64,64", "32,32", "-"]

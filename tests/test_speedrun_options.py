@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from vgg_lightning.cli import main
-from vgg_lightning.models import dirac_init, first_conv, whiten_init
+from vgg_lightning.errors import ConfigError
+from vgg_lightning.models import build_model, dirac_init, first_conv, whiten_init
 from vgg_lightning.module import VGGClassifier
 
 from .helpers.runs import ddp_args, finish, fit_tiny, ranks, run_cli, tiny
@@ -196,3 +197,35 @@ def test_bn_bias_lr_follows_the_schedule_through_a_fit(cifar10_dir, tmp_path, mo
     factor = groups[1]["lr"] / groups[1]["initial_lr"]
     assert 0 < factor < 1  # part way down the one-cycle schedule, on which the shifts ride too
     assert groups[-1]["lr"] == pytest.approx(0.8 * factor)
+
+
+def test_pool_before_bn_moves_each_pooling_up_and_changes_only_bn_statistics():
+    torch.manual_seed(0)
+    vgg, pooled_first = build_model("vgg11", width=0.25), build_model("vgg11", width=0.25, pool_before_bn=True)
+    layers = list(pooled_first.features)
+    pools = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 5
+    for i in pools:  # conv -> pool -> BN -> ReLU
+        assert isinstance(layers[i - 1], torch.nn.Conv2d) and isinstance(layers[i + 1], torch.nn.BatchNorm2d)
+        assert isinstance(layers[i + 2], torch.nn.ReLU)
+    assert sorted(type(m).__name__ for m in layers) == sorted(type(m).__name__ for m in vgg.features)
+    x = torch.randn(8, 3, 32, 32)
+    vgg(x)  # running statistics that are not the identity
+    for mine, theirs in zip(pooled_first.state_dict().values(), vgg.state_dict().values()):
+        mine.copy_(theirs)  # same modules in the same order: same tensors, other keys
+    # Evaluated, BN is a positive scale and a shift, which commute with max-pooling and ReLU: the same function.
+    assert torch.allclose(pooled_first.eval()(x), vgg.eval()(x), atol=1e-5)
+    # Training, BN's statistics come from the pooled maps: a different net.
+    assert not torch.allclose(pooled_first.train()(x), vgg.train()(x), atol=1e-3)
+
+
+def test_pool_before_bn_through_a_fit_and_its_checkpoint(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.pool_before_bn", "true")]) == 0
+    model = VGGClassifier.load_from_checkpoint(
+        tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True
+    )
+    layers = list(model.net.features)
+    assert model.hparams.pool_before_bn and isinstance(layers[1], torch.nn.MaxPool2d)
+    with pytest.raises(ConfigError, match="pool_before_bn"):
+        VGGClassifier(arch="blog_vgg16", pool_before_bn=True)

@@ -106,7 +106,13 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
     model = build_model(
-        cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"], activation=cfg["activation"]
+        cfg["arch"],
+        10,
+        True,
+        cfg["width"],
+        stage_widths=cfg["stage_widths"],
+        activation=cfg["activation"],
+        pool_before_bn=cfg["pool_before_bn"],
     ).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -199,6 +205,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
         width=cfg["width"],
         stage_widths=cfg["stage_widths"],
         activation=cfg["activation"],
+        pool_before_bn=cfg["pool_before_bn"],
         optimizer=cfg["optimizer"],
         lr=cfg["lr"],
         label_smoothing=0.0,
@@ -238,16 +245,22 @@ def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict
     gradient, as in training. The head row includes the loss."""
     torch.manual_seed(0)
     model = build_model(
-        cfg["arch"], 10, True, cfg["width"], stage_widths=cfg["stage_widths"], activation=cfg["activation"]
+        cfg["arch"],
+        10,
+        True,
+        cfg["width"],
+        stage_widths=cfg["stage_widths"],
+        activation=cfg["activation"],
+        pool_before_bn=cfg["pool_before_bn"],
     ).to(device)
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
     stages: list[torch.nn.Sequential] = [torch.nn.Sequential()]
     for layer in model.features:
-        stages[-1].append(layer)
-        if isinstance(layer, torch.nn.MaxPool2d):
+        # A stage ends at its pooling, or with pool_before_bn at the activation after it.
+        if isinstance(layer, torch.nn.Conv2d) and any(isinstance(m, torch.nn.MaxPool2d) for m in stages[-1]):
             stages.append(torch.nn.Sequential())
-    stages = [st for st in stages if len(st)]  # a VGG ends on a pooling: no empty stage after it
+        stages[-1].append(layer)
     head = torch.nn.Sequential(model.avgpool, model.classifier)
     x = torch.randn(cfg["batch_size"], 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (cfg["batch_size"],), device=device)
@@ -333,6 +346,7 @@ def run(
     width: float = 1.0,
     stage_widths: Optional[list[float]] = None,
     activation: Literal["relu", "gelu"] = "relu",
+    pool_before_bn: bool = False,
     optimizer: Literal["sgd", "muon"] = "sgd",
     batch_size: int = 256,
     steps: int = 20,
@@ -354,6 +368,7 @@ def run(
         width: channel factor of the VGG.
         stage_widths: one more factor per stage (``--model.stage_widths`` of ``fit``).
         activation: ``relu`` or ``gelu`` after each convolution (``--model.activation`` of ``fit``).
+        pool_before_bn: each pooling before its BatchNorm and activation (``--model.pool_before_bn`` of ``fit``).
         optimizer: ``sgd`` or ``muon`` (``--model.optimizer`` of ``fit``): Muon's Newton-Schulz iterations cost
             the same per step whatever the batch.
         batch_size: images per step.
@@ -380,6 +395,7 @@ def run(
         width=width,
         stage_widths=stage_widths,
         activation=activation,
+        pool_before_bn=pool_before_bn,
         optimizer=optimizer,
         batch_size=batch_size,
         steps=steps,
@@ -397,6 +413,7 @@ def run(
     print(f"device: {name}; torch {torch.__version__}, lightning {L.__version__}")
     print(f"data: {source}")
     per_stage = f" stages {stage_widths}" if stage_widths else ""
+    per_stage += ", pooled before BN" if pool_before_bn else ""
     print(
         f"model: {arch} width {width}{per_stage} BN {activation}; batch {batch_size}; precision {precision};"
         f" channels_last {channels_last}; compile {compile}; {optimizer}; fused SGD {fused};"

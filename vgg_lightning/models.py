@@ -56,19 +56,25 @@ def make_layers(
     bn_eps: float = 1e-5,
     stage_widths: Optional[Sequence[float]] = None,
     activation: str = "relu",
+    pool_before_bn: bool = False,
 ) -> nn.Sequential:
     """Conv(3x3) [-> BN] -> ReLU (or ``activation``) for each number, MaxPool for each "M"; ``width`` scales every
-    channel count, ``stage_widths`` each stage's on top of it."""
+    channel count, ``stage_widths`` each stage's on top of it. ``pool_before_bn`` moves each pooling up to right
+    after its convolution (airbench's order): BN and the activation then run on a quarter of the positions."""
     layers: list[nn.Module] = []
     in_channels = 3
     factors = iter(stage_factors(cfg, width, stage_widths))
-    for v in cfg:
+    for i, v in enumerate(cfg):
+        pool = [nn.MaxPool2d(kernel_size=2, stride=2)]
         if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            if not pool_before_bn:
+                layers += pool
             continue
         out_channels = max(1, round(int(v) * next(factors)))
         # A conv followed by BN needs no bias: BN's shift replaces it.
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
+        if pool_before_bn and i + 1 < len(cfg) and cfg[i + 1] == "M":
+            layers += pool
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum))
         layers.append(ACTIVATIONS[activation]())
@@ -92,9 +98,12 @@ class VGG(nn.Module):
         bn_eps: float = 1e-5,
         stage_widths: Optional[Sequence[float]] = None,
         activation: str = "relu",
+        pool_before_bn: bool = False,
     ) -> None:
         super().__init__()
-        self.features = make_layers(cfg, batch_norm, width, bn_momentum, bn_eps, stage_widths, activation)
+        self.features = make_layers(
+            cfg, batch_norm, width, bn_momentum, bn_eps, stage_widths, activation, pool_before_bn
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
         in_features = next(m.out_channels for m in reversed(self.features) if isinstance(m, nn.Conv2d))
         head: list[nn.Module] = [nn.Flatten()]
@@ -175,6 +184,7 @@ def build_model(
     bn_eps: float = 1e-5,
     stage_widths: Optional[Sequence[float]] = None,
     activation: str = "relu",
+    pool_before_bn: bool = False,
 ) -> nn.Module:
     """The network named by ``arch``; ``blog_vgg16`` ignores the VGG-only options, as the article fixed them."""
     if arch in ("blog_vgg16", "seed"):  # "seed": its name in older checkpoints
@@ -192,6 +202,7 @@ def build_model(
         bn_eps,
         stage_widths,
         activation,
+        pool_before_bn,
     )
 
 
