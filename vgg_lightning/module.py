@@ -41,7 +41,8 @@ class VGGClassifier(L.LightningModule):
         activation: ``relu`` (VGG's) or ``gelu`` (the speed runs') after every convolution; the head keeps ReLU.
         pool_before_bn: each stage's pooling right after its last convolution, before that convolution's BatchNorm
             and activation (airbench's order). Max-pooling commutes with the ReLU, so only BatchNorm's statistics
-            change (taken over the pooled map); BN and ReLU do a quarter of the work there (about 7% of a CPU step).
+            change (taken over the pooled map); BN and ReLU do a quarter of the work there: 5-8% more steps in the
+            same time on a CPU.
         head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
         dropout: dropout before each FC layer of the head.
         num_classes: set from the data module (``data.num_classes``); do not type it.
