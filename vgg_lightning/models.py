@@ -65,16 +65,15 @@ def make_layers(
     in_channels = 3
     factors = iter(stage_factors(cfg, width, stage_widths))
     for i, v in enumerate(cfg):
-        pool = [nn.MaxPool2d(kernel_size=2, stride=2)]
         if v == "M":
             if not pool_before_bn:
-                layers += pool
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
         out_channels = max(1, round(int(v) * next(factors)))
         # A conv followed by BN needs no bias: BN's shift replaces it.
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
-        if pool_before_bn and i + 1 < len(cfg) and cfg[i + 1] == "M":
-            layers += pool
+        if pool_before_bn and cfg[i + 1 : i + 2] == ["M"]:
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum))
         layers.append(ACTIVATIONS[activation]())
