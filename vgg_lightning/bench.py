@@ -100,11 +100,8 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
-    """The hand-written baseline: what a careful user writes without Lightning."""
-    torch.manual_seed(0)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
+def _network(cfg: dict, device: torch.device) -> torch.nn.Module:
+    """The benchmark's VGG-BN (as ``fit`` builds it from the same options), on ``device`` in its memory format."""
     model = build_model(
         cfg["arch"],
         10,
@@ -114,8 +111,15 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
         activation=cfg["activation"],
         pool_before_bn=cfg["pool_before_bn"],
     ).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last) if cfg["channels_last"] else model
+
+
+def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> dict:
+    """The hand-written baseline: what a careful user writes without Lightning."""
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
+    model = _network(cfg, device)
     fwd = torch.compile(model) if cfg["compile"] else model
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -244,17 +248,8 @@ def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict
     precision and memory format, with a fixed gradient for its output; the first stage's input needs no
     gradient, as in training. The head row includes the loss."""
     torch.manual_seed(0)
-    model = build_model(
-        cfg["arch"],
-        10,
-        True,
-        cfg["width"],
-        stage_widths=cfg["stage_widths"],
-        activation=cfg["activation"],
-        pool_before_bn=cfg["pool_before_bn"],
-    ).to(device)
+    model = _network(cfg, device)
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=fmt)
     stages: list[torch.nn.Sequential] = [torch.nn.Sequential()]
     for layer in model.features:
         # A stage ends at its pooling, or with pool_before_bn at the activation after it.
