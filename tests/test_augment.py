@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,11 +10,12 @@ def batch(n=16, seed=0):
     return torch.randint(1, 256, (n, 3, 32, 32), generator=g, dtype=torch.int64).to(torch.uint8)
 
 
-def test_crop_is_a_window_of_the_padded_image():
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_crop_is_a_window_of_the_padded_image(mode):
     x = batch()
-    out = random_crop(x, 4, torch.Generator().manual_seed(1))
+    out = random_crop(x, 4, torch.Generator().manual_seed(1), mode)
     assert out.shape == x.shape and out.dtype == torch.uint8
-    padded = F.pad(x, (4, 4, 4, 4))
+    padded = F.pad(x, (4, 4, 4, 4), mode=mode)
     offsets = set()
     for i in range(len(x)):
         found = [
@@ -25,6 +27,12 @@ def test_crop_is_a_window_of_the_padded_image():
         assert found, f"image {i} is not a 32x32 window of its padded copy"
         offsets.add(found[0])
     assert len(offsets) > 1, "every image got the same crop: not per-image"
+
+
+def test_reflect_padding_adds_no_black_edges():
+    x = batch(n=64)  # inputs are never 0
+    crops = {mode: random_crop(x, 2, torch.Generator().manual_seed(0), mode) for mode in ("constant", "reflect")}
+    assert (crops["constant"] == 0).any() and not (crops["reflect"] == 0).any()
 
 
 def test_crop_zero_padding_is_identity():

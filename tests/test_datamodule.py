@@ -176,3 +176,24 @@ def test_alternate_flip_option(cifar10_dir):
             assert torch.equal(out, expected)
     with pytest.raises(ConfigError, match="data.flip"):
         ImageDataModule(data_dir=str(cifar10_dir), flip="sometimes")
+
+
+def test_reflect_padding_option(cifar10_dir):
+    """``padding_mode reflect`` reaches the training transfer: each crop is a window of the mirrored-border copy."""
+    dm = ImageDataModule(
+        data_dir=str(cifar10_dir), download=False, val_size=50, batch_size=32, flip=False, padding_mode="reflect"
+    )
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    got = as_uint8(transfer(dm, x, y), dm)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    windows = [(dy, dx) for dy in range(9) for dx in range(9)]
+    found = [
+        [(dy, dx) for dy, dx in windows if torch.equal(p[:, dy : dy + 32, dx : dx + 32], o)]
+        for p, o in zip(padded, got)
+    ]
+    assert all(found), "a training image is not a window of its reflect-padded source"
+    assert len({f[0] for f in found}) > 5  # crops vary per image
+    with pytest.raises(ConfigError, match="too large to reflect"):
+        ImageDataModule(data_dir=str(cifar10_dir), crop_padding=32, padding_mode="reflect")

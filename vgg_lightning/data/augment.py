@@ -13,13 +13,19 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Per-image random HxW crop of the images zero-padded by ``padding`` on each side (torchvision's
-    ``RandomCrop(32, padding=4)``, for a whole batch at once)."""
+def random_crop(
+    images: torch.Tensor,
+    padding: int,
+    generator: Optional[torch.Generator] = None,
+    padding_mode: str = "constant",
+) -> torch.Tensor:
+    """Per-image random HxW crop of the images padded by ``padding`` on each side (torchvision's
+    ``RandomCrop(32, padding=4, padding_mode=...)``, for a whole batch at once): ``constant`` pads with black,
+    ``reflect`` mirrors the border pixels (no black edges the net never sees at test time)."""
     if padding <= 0:
         return images
     n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
+    padded = F.pad(images, (padding, padding, padding, padding), mode=padding_mode)
     dev = images.device
     top = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
     left = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
@@ -87,9 +93,10 @@ def train_augment(
     flip: bool = True,
     cutout_size: int = 0,
     generator: Optional[torch.Generator] = None,
+    padding_mode: str = "constant",
 ) -> torch.Tensor:
     """The training augmentation on a uint8 batch: crop, flip, cutout (each skipped when off)."""
-    images = random_crop(images, crop_padding, generator)
+    images = random_crop(images, crop_padding, generator, padding_mode)
     if flip:
         images = random_flip(images, generator)
     return cutout(images, cutout_size, generator)

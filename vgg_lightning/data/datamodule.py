@@ -62,6 +62,8 @@ class ImageDataModule(L.LightningDataModule):
         cache_dir: where decoded class folders are cached; default ``$XDG_CACHE_HOME/vgg_lightning`` or
             ``~/.cache/vgg_lightning`` (``data_dir`` may be read-only).
         crop_padding: random-crop padding in pixels for training images (0 turns cropping off).
+        padding_mode: what fills that padding: ``constant`` black (torchvision's default), ``reflect`` the
+            mirrored border pixels (airbench's).
         flip: horizontal flips of training images: ``true`` mirrors each image with probability 1/2 in each batch,
             ``alternate`` mirrors each image in every other epoch (a seeded random half in the first), which
             shows every image both ways in any two epochs (airbench; helps most in short runs), ``false`` none.
@@ -86,6 +88,7 @@ class ImageDataModule(L.LightningDataModule):
         image_size: PositiveInt = 32,
         cache_dir: Optional[str] = None,
         crop_padding: NonNegativeInt = 4,
+        padding_mode: Literal["constant", "reflect"] = "constant",
         flip: Union[bool, Literal["alternate"]] = True,
         cutout: NonNegativeInt = 0,
         mean: Optional[tuple[float, float, float]] = None,
@@ -108,6 +111,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.std must be positive, got {std}")
         if dataset != "folder" and image_size != 32:
             raise ConfigError(f"data.image_size must be 32 for {dataset} (its images are 32x32), got {image_size}")
+        if padding_mode == "reflect" and crop_padding >= image_size:
+            raise ConfigError(
+                f"data.crop_padding {crop_padding} is too large to reflect a {image_size}-pixel image: give less than"
+                f" {image_size}, or --data.padding_mode constant"
+            )
         if image_size < 32:
             raise ConfigError(f"data.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         self.save_hyperparameters()
@@ -380,7 +388,7 @@ class ImageDataModule(L.LightningDataModule):
             if self.trainer is not None and self.trainer.training:
                 h = self.hparams
                 # "alternate" flips are done by the loader, which knows each image's index
-                images = train_augment(images, h.crop_padding, h.flip is True, h.cutout)
+                images = train_augment(images, h.crop_padding, h.flip is True, h.cutout, padding_mode=h.padding_mode)
             images = normalize(images, self.mean, self.std)
         return images, labels
 
