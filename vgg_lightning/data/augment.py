@@ -30,7 +30,7 @@ def random_crop(
     top = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
     left = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
     # One image's window is a slice: pick each image's row band, then its columns, from sliding-window views
-    # (whole slices copied; a gather per pixel took about 5 times as long on a CPU).
+    # (whole slices copied; a gather per pixel took 3-5 times as long on a CPU).
     batch = torch.arange(n, device=dev)
     bands = padded.unfold(2, h, 1)[batch, :, top]  # (n, c, W, h)
     return bands.unfold(2, w, 1)[batch, :, left]  # (n, c, h, w)
