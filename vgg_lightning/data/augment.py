@@ -24,7 +24,7 @@ def random_crop(
     ``reflect`` mirrors the border pixels (no black edges the net never sees at test time)."""
     if padding <= 0:
         return images
-    n, c, h, w = images.shape
+    n, _, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding), mode=padding_mode)
     dev = images.device
     top = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
