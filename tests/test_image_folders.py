@@ -34,7 +34,7 @@ def test_classes_labels_and_decoding(tree, tmp_path, capsys):
     dm.setup("fit")
     err = capsys.readouterr().err
     assert "broken.jpg: not a readable image" in err  # named on its own line
-    assert "1 unreadable files skipped" in err and "2 non-image files ignored" in err  # .txt and .DS_Store
+    assert "1 unreadable file skipped" in err and "2 non-image files ignored" in err  # .txt and .DS_Store
     images = torch.cat([dm.train_set[0], dm.val_set[0]])
     labels = torch.cat([dm.train_set[1], dm.val_set[1]])
     assert images.shape == (36, 3, 32, 32) and images.dtype == torch.uint8  # odd sizes, grey and RGBA: all 32x32 RGB

@@ -1,20 +1,82 @@
-"""Finding checkpoints by name: ``last`` and ``best`` across runs in ``lightning_logs/``.
+"""Checkpoint files: finding them by name, reading them safely, writing them whole.
 
-Lightning resolves ``ckpt_path="last"``/``"best"`` only inside the current run, but each new command starts a
-new ``version_N``; users mean "the last/best checkpoint of my latest run", so we look there.
+- Lightning resolves ``ckpt_path="last"``/``"best"`` only inside the current run, but each new command starts a
+  new ``version_N``; users mean "the last/best checkpoint of my latest run", so we look there.
+- ``read`` is the one way the CLI reads a checkpoint: ``weights_only`` (a pickled call is refused, never run) and
+  memory-mapped (only what is used is read); a file that is not a checkpoint is one message naming it.
+- ``CheckpointFiles`` is the Trainer's checkpoint writer: each file is written beside its destination, flushed and
+  renamed, so a full disk or a kill leaves the previous files whole.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from typing_extensions import override
+
+from vgg_lightning.errors import DataError
+from vgg_lightning.files import display_name, write_bytes_atomically
 
 
 class CheckpointNotFound(FileNotFoundError):
     pass
+
+
+class UnreadableCheckpoint(DataError):
+    """The file is not a checkpoint this project can read safely (truncated, garbled, or it holds code)."""
+
+
+def read(path: Path | str) -> dict[str, Any]:
+    """A checkpoint's contents, read with ``weights_only=True`` and memory-mapped (tensors are read when used).
+    UnreadableCheckpoint names the file when it is truncated, not a checkpoint, or holds anything but tensors and
+    plain values (a pickled function call is refused, never run)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        first_line = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        if "Unsupported global" in str(e) or "weights_only" in str(e):
+            why = "it holds Python objects other than tensors and plain values (possibly code), which are never loaded"
+        else:
+            why = f"it is truncated or not a PyTorch checkpoint ({first_line})"
+        raise UnreadableCheckpoint(
+            f"checkpoint '{display_name(path)}' cannot be read: {why}. Give a checkpoint written by this project's"
+            " `fit` (lightning_logs/version_N/checkpoints/*.ckpt)"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UnreadableCheckpoint(
+            f"checkpoint '{display_name(path)}' is a PyTorch file but not a Lightning checkpoint (no state_dict)."
+            " Give a checkpoint written by this project's `fit` (lightning_logs/version_N/checkpoints/*.ckpt)"
+        )
+    return ckpt
+
+
+class CheckpointFiles(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each file atomically beside its destination (Lightning's own goes
+    through the system's temp folder and a move, which across file systems is a copy that a full disk cuts short).
+    Loads are ``weights_only`` unless Lightning is told otherwise."""
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if not _is_local_file_protocol(path) or storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        hint = "give --trainer.default_root_dir on a disk with room (resume with --ckpt_path FILE)"
+        write_bytes_atomically(Path(path), buffer.getbuffer(), hint=hint)
+
+    @override
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict:
+        if map_location is None:
+            map_location = lambda storage, loc: storage  # noqa: E731 (Lightning's default)
+        return super().load_checkpoint(path, map_location, True if weights_only is None else weights_only)
 
 
 def run_dirs(log_root: Path) -> list[Path]:
@@ -45,8 +107,7 @@ def latest_run_with_checkpoints(log_root: Path) -> Optional[Path]:
 def _monitor_state(path: Path) -> Optional[tuple[str, float, Optional[str]]]:
     """(mode, this file's monitored score, the best path recorded) from the best-checkpoint callback's state saved
     in ``path``; None when the file has none. The mode is part of the callback's state key."""
-    # mmap: only the callbacks' small state is read, not the weights
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    state = read(path).get("callbacks", {})
     for key, value in state.items():
         if not (key.startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("monitor")):
             continue

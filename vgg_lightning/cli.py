@@ -13,17 +13,19 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from vgg_lightning import checkpoints, precision, quiet
+from vgg_lightning import checkpoints, loggers, precision, quiet
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
 from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError, report
+from vgg_lightning.files import write_text_atomically
 from vgg_lightning.messages import log, say
 from vgg_lightning.module import VGGClassifier
 
@@ -41,9 +43,39 @@ RUNTIME_DATA_OPTIONS = ("predict_path", "batch_size", "num_workers", "download",
 UNTRAINED = "untrained"
 # Where the module's TensorBoard logger writes unless told otherwise (it follows --trainer.default_root_dir).
 DEFAULT_LOGGER = {
-    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+    "class_path": "vgg_lightning.loggers.TensorBoardLogger",
     "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
 }
+
+
+# Lightning's TensorBoardLogger, named in older config.yaml files or typed, runs as the project's (same options).
+LIGHTNING_TENSORBOARD = (
+    "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.loggers.tensorboard.TensorBoardLogger",
+)
+
+
+class RunConfig(SaveConfigCallback):
+    """LightningCLI's config.yaml (``<command>_config.yaml`` for the evaluation commands) in the run's folder,
+    written atomically, and for ``fit`` only once the run has passed its checks (its options against the
+    checkpoint it resumes): a refused command leaves the run it named as it was."""
+
+    @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            self._write(trainer)
+
+    @override
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a broadcast: every rank calls it
+        if trainer.is_global_zero:
+            write_text_atomically(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_none=False))
+        self.already_saved = True
 
 
 def _given(raw_args: list[str], key: str) -> bool:
@@ -80,6 +112,7 @@ class VGGLightningCLI(LightningCLI):
     # -- before anything is built: resolve checkpoints, precision and where the run logs --------------------------
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self.ckpt: Optional[dict] = None
         self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
@@ -90,9 +123,16 @@ class VGGLightningCLI(LightningCLI):
         self.runtime_model_options = {
             k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")
         }
+        logger = cfg.trainer.get("logger")
+        if self._is_tensorboard(logger) and logger.class_path in LIGHTNING_TENSORBOARD:
+            logger.class_path = DEFAULT_LOGGER["class_path"]
         self._follow_default_root_dir(cfg)
         log_root = self._log_root(cfg)
         self._resolve_ckpt_path(parser, sub, cfg, log_root)
+        # The one read of the checkpoint (memory-mapped: the weights are read by Lightning's restore only).
+        self.ckpt = checkpoints.read(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+        if sub == "fit" and self.ckpt is not None:
+            _check_resume_batch_size(self.ckpt, cfg)
         if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
             cfg.trainer.benchmark = False  # cudnn autotuning picks algorithms by timing: not repeatable
         accelerator = cfg.trainer.get("accelerator", "auto")
@@ -167,6 +207,18 @@ class VGGLightningCLI(LightningCLI):
         args = logger.init_args
         return Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
 
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's: the model's options from the checkpoint's hyperparameters, over the CLI's one read (its own
+        would read the whole file again, and give a file that is not a checkpoint a traceback)."""
+        hparams = dict((self.ckpt or {}).get("hyper_parameters") or {}) if hasattr(self, "ckpt") else {}
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+
     # -- after LightningCLI read the checkpoint's hyperparameters, before anything is built ------------------------
     @override
     def before_instantiate_classes(self) -> None:
@@ -176,6 +228,8 @@ class VGGLightningCLI(LightningCLI):
         cfg = self.config[sub]
         for key, value in self.runtime_model_options.items():
             cfg.model[key] = value
+        if cfg.get("weights_only") is None:
+            cfg.weights_only = True  # Lightning's restore too: a checkpoint never runs code
         if sub in EVALUATION and cfg.get("ckpt_path"):
             self._data_options_from_checkpoint(cfg)
         trainer = cfg.trainer
@@ -201,10 +255,7 @@ class VGGLightningCLI(LightningCLI):
         precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))
 
     def _data_options_from_checkpoint(self, cfg) -> None:
-        # mmap: only the small hyperparameter dict is read, not the weights
-        saved = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
-            "datamodule_hyper_parameters"
-        )
+        saved = self.ckpt.get("datamodule_hyper_parameters")
         for key, value in (saved or {}).items():
             if key in cfg.data and key not in RUNTIME_DATA_OPTIONS and not _given(self.raw_args, f"data.{key}"):
                 cfg.data[key] = value
@@ -217,7 +268,7 @@ class VGGLightningCLI(LightningCLI):
         ckpt_path = cfg.get("ckpt_path")
         if not ckpt_path or (sub == "predict" and cfg.data.get("predict_path")):
             return  # no checkpoint, or predicting on files: the checkpoint's classes are the answer
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = self.ckpt
         saved = [unicodedata.normalize("NFC", str(n)) for n in ckpt.get("class_names") or []]
         saved_count = len(saved) or (ckpt.get("hyper_parameters") or {}).get("num_classes")
         dm = self.datamodule
@@ -258,22 +309,53 @@ class VGGLightningCLI(LightningCLI):
         # The always-on callbacks come from configs/default.yaml (trainer.callbacks); these follow from options.
         own: list[Callback] = []
         if trainer.get("enable_checkpointing") is not False:  # Lightning's switch: our checkpoints step aside
-            own += [ModelCheckpoint(**dict(config["checkpoint"])), LastCheckpoint()]
+            if trainer.get("limit_val_batches") != 0:  # without validation there is no val/acc to pick a best by
+                own.append(ModelCheckpoint(**dict(config["checkpoint"])))
+            own.append(LastCheckpoint())
         if trainer.get("logger"):
             own.append(LearningRateMonitor(logging_interval="step"))
         if sub == "fit" and trainer.get("max_time") is not None:
             own.append(TimeBudget(parse_duration(trainer["max_time"]), started=self.started))
             kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
-        elif sub == "fit" and config.get("ckpt_path") and _has_budget_plan(config["ckpt_path"]):
+        elif sub == "fit" and self.ckpt is not None and _has_budget_plan(self.ckpt):
             own.append(TimeBudget(None, started=self.started))  # resumed without max_time: the run's plan goes on
         own += self.extra_callbacks
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
+        plugins = trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, checkpoints.CheckpointFiles()]  # whole files, or the old ones kept
         return super().instantiate_trainer(**kwargs)
 
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except (DataError, OSError):
+            # Raised on rank 0 alone (a checkpoint that did not fit on the disk): the ranks it launched wait for it
+            # in a collective that never comes; they go with it instead of hanging.
+            launcher = getattr(self.trainer.strategy, "launcher", None)
+            if isinstance(launcher, _SubprocessScriptLauncher) and self.trainer.is_global_zero:
+                launcher.kill(signal.SIGKILL)
+            raise
 
-def _has_budget_plan(ckpt_path: str) -> bool:
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+
+def _has_budget_plan(ckpt: dict) -> bool:
+    state = ckpt.get("callbacks", {})
     return bool((state.get("TimeBudget") or {}).get("planned_steps"))
+
+
+def _check_resume_batch_size(ckpt: dict, cfg) -> None:
+    """A run resumes with the batch size it started with: the epoch's order, the position in it and the schedule
+    are counted in its batches (another size would replay or skip images without a word)."""
+    saved = (ckpt.get("datamodule_hyper_parameters") or {}).get("batch_size")
+    given = cfg.data.get("batch_size")
+    if saved is not None and given is not None and int(saved) != int(given):
+        raise ConfigError(
+            f"the checkpoint {cfg.ckpt_path} is from a run with batch size {saved}, this command has {given}:"
+            f" resume with --data.batch_size {saved} (see the run's config.yaml), or start a new run without"
+            " --ckpt_path"
+        )
 
 
 def build_cli(
@@ -295,6 +377,7 @@ def build_cli(
             **{sub: {"default_config_files": default_files} for sub in SUBCOMMANDS},
         },
         auto_configure_optimizers=False,  # the module's own optimizer and per-step schedule
+        save_config_callback=RunConfig,
         args=args,
         run=run,
         started=started,
@@ -315,6 +398,7 @@ def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> i
     try:
         build_cli(args, started=started)
     except (ConfigError, DataError) as e:
+        loggers.release_unused_claims()  # a refused or failed command leaves no empty run folder
         return report(e)
     except SIGTERMException:
         return 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"; the checkpoint is saved

@@ -393,7 +393,8 @@ class VGGClassifier(L.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        if self.train_metrics.update_called:  # not on a resume at an epoch's end: that epoch was logged before
+            self._log_epoch("train")
 
     @override
     def on_validation_epoch_end(self) -> None:

@@ -70,3 +70,17 @@ class BlockRank1(L.Callback):
             with open("stuck", "w") as f:
                 f.write(str(os.getpid()))
             torch.distributed.recv(torch.zeros(1), src=0)  # blocks in C: Python's signal handlers never run
+
+
+class SigtermAt(L.Callback):
+    """Stops fit as a SIGTERM would (Lightning's SIGTERMException) after the given global step: the run saves a
+    resumable mid-epoch checkpoint and ends."""
+
+    def __init__(self, step: int = 3) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if trainer.global_step >= self.step:
+            raise SIGTERMException()

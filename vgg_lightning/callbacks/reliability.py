@@ -71,7 +71,7 @@ class InterruptCheckpoint(Callback):
         if ckpt_cb is None or ckpt_cb.dirpath is None or trainer.global_step == 0:
             return
         path = Path(ckpt_cb.dirpath) / "last.ckpt"
-        trainer.save_checkpoint(path)  # Lightning writes it atomically (temporary file, then rename)
+        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, written whole (CheckpointFiles)
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
         say(
             f"\n{what}: saved a resumable checkpoint at global step {trainer.global_step} to {path}.\n"

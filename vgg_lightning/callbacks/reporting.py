@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from vgg_lightning.callbacks.pacing import SanityTiming
-from vgg_lightning.files import write_text_atomically
+from vgg_lightning.files import display_name, write_text_atomically
 from vgg_lightning.messages import say
 
 
@@ -86,7 +86,7 @@ class PredictionReport(Callback):
         w.writerow(["path" if files else "index", "predicted", "probability", "top3", *([] if files else ["label"])])
         for i in range(len(labels)):
             top3 = ";".join(f"{names[c]}:{p:.4f}" for c, p in zip(top_i[i].tolist(), top_p[i].tolist()))
-            row = [str(files[i]) if files else i, names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3]
+            row = [display_name(files[i]) if files else i, names[top_i[i, 0]], f"{top_p[i, 0]:.4f}", top3]
             w.writerow(row if files else [*row, names[labels[i]]])
         self.csv_path = write_into_run(out_dir, "predictions.csv", table.getvalue())
         if files:
@@ -118,15 +118,15 @@ class PredictionReport(Callback):
 
     @staticmethod
     def _print_files(files, top_i, top_p, names, skipped, shown: int = 20) -> None:
-        width = min(60, max(len(str(p)) for p in files[:shown]))
+        width = min(60, max(len(display_name(p)) for p in files[:shown]))
         print(f"{'image':<{width}s}  {'predicted':<12s} {'prob':>6s}  runners-up")
         for i, path in enumerate(files[:shown]):
             rest = ", ".join(f"{names[c]} {p:.2f}" for c, p in zip(top_i[i, 1:].tolist(), top_p[i, 1:].tolist()))
-            print(f"{str(path)[-width:]:<{width}s}  {names[top_i[i, 0]]:<12s} {top_p[i, 0]:6.3f}  {rest}")
+            print(f"{display_name(path)[-width:]:<{width}s}  {names[top_i[i, 0]]:<12s} {top_p[i, 0]:6.3f}  {rest}")
         if len(files) > shown:
             print(f"... and {len(files) - shown} more in the CSV")
         for path, why in skipped:
-            say(f"skipped {path}: not a readable image ({why})")
+            say(f"skipped {display_name(path)}: not a readable image ({why})")
 
 
 class EpochSummary(Callback):
@@ -136,6 +136,10 @@ class EpochSummary(Callback):
     def __init__(self) -> None:
         self.start = 0.0
         self.images = 0
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start, self.images = time.perf_counter(), 0  # a run resumed mid-epoch starts no epoch
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -150,6 +154,8 @@ class EpochSummary(Callback):
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before the module's own hook logs and resets the training metrics.
+        if self.images == 0:
+            return  # resumed at an epoch's end: the epoch ran (and was reported) before the checkpoint
         seconds = time.perf_counter() - self.start
         # Each rank's own time, not synced: a synced value is reduced lazily, wherever it is first read, and only
         # rank 0 reads it early (the progress bar), so the ranks would enter different collectives and hang.

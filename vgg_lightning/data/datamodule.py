@@ -281,7 +281,7 @@ class ImageDataModule(L.LightningDataModule):
         size = self.hparams.image_size
         say(
             f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
-            + (f", {skipped} unreadable files skipped" if skipped else "")
+            + (f", {image_folders.count_of(skipped, 'unreadable file')} skipped" if skipped else "")
             + f" (cache in {self.cache_dir}, {time.perf_counter() - t0:.1f} s)"
         )
 
@@ -309,7 +309,9 @@ class ImageDataModule(L.LightningDataModule):
         seed = self.hparams.split_seed
         # NFC: the same file gets the same side on macOS (NFD names) and elsewhere
         keys = [
-            hashlib.blake2b(f"{seed}\0{unicodedata.normalize('NFC', f)}".encode(), digest_size=8).digest()
+            hashlib.blake2b(
+                f"{seed}\0{unicodedata.normalize('NFC', f)}".encode("utf-8", "surrogateescape"), digest_size=8
+            ).digest()
             for f in files
         ]
         order = sorted(range(len(files)), key=keys.__getitem__)

@@ -23,7 +23,7 @@ import torch
 
 from vgg_lightning.data.images import decode_files, image_extensions
 from vgg_lightning.errors import DataError
-from vgg_lightning.files import atomic_path
+from vgg_lightning.files import DiskFullError, atomic_path, display_name
 from vgg_lightning.messages import log
 
 # 2: large images shrunk while decoding (images.decode_image), 16-bit greyscale scaled
@@ -86,7 +86,7 @@ class FileList:
         """Changes when a file is added, removed or changed, or the image size changes."""
         h = hashlib.sha256(f"v{CACHE_VERSION} {image_size}\n".encode())
         for f, s, m, y in zip(self.files, self.sizes, self.mtimes, self.labels):
-            h.update(f"{f}\0{s}\0{m}\0{y}\n".encode())
+            h.update(f"{f}\0{s}\0{m}\0{y}\n".encode("utf-8", "surrogateescape"))  # any name the OS holds
         return h.hexdigest()
 
 
@@ -245,8 +245,13 @@ def cache_path(cache_dir: Path, split_dir: Path, image_size: int) -> Path:
     """One cache file per split folder and image size (a rebuild replaces it, so stale caches do not pile up)."""
     where = split_dir.resolve()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{where.parent.name}_{where.name}")[-60:]
-    digest = hashlib.sha1(str(where).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(os.fsencode(where)).hexdigest()[:12]
     return cache_dir / f"{slug}-{digest}-{image_size}px.pt"
+
+
+def count_of(n: int, thing: str) -> str:
+    """``1 unreadable file``, ``3 unreadable files``."""
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
 
 
 def _say(message: str) -> None:
@@ -258,7 +263,7 @@ def _decode(listing: FileList, names: list[str], image_size: int, workers: int) 
     t0 = time.perf_counter()
     images, kept, skipped = decode_files([listing.root / f for f in listing.files], image_size, workers)
     for path, why in skipped:
-        _say(f"skipped {path}: not a readable image ({why})")
+        _say(f"skipped {display_name(path)}: not a readable image ({why})")
     labels = torch.tensor([listing.labels[i] for i in kept], dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(names)) if len(labels) else torch.zeros(len(names), dtype=torch.long)
     empty = [names[c] for c in listing.classes if counts[c] == 0]
@@ -266,7 +271,7 @@ def _decode(listing: FileList, names: list[str], image_size: int, workers: int) 
         raise DataError(
             f"{listing.root}: no readable image in class folder{'s' if len(empty) > 1 else ''} "
             f"{', '.join(empty)}"
-            + (f" ({len(skipped)} unreadable files were skipped)" if skipped else "")
+            + (f" ({count_of(len(skipped), 'unreadable file')} skipped)" if skipped else "")
             + f".\n{LAYOUT}"
         )
     mean, std = channel_stats(images)
@@ -282,14 +287,15 @@ def _decode(listing: FileList, names: list[str], image_size: int, workers: int) 
     )
     _say(
         f"decoded {listing.root}: {len(kept):,} images in {time.perf_counter() - t0:.1f} s"
-        + (f"; {len(skipped)} unreadable files skipped" if skipped else "")
-        + (f"; {listing.ignored} non-image files ignored" if listing.ignored else "")
+        + (f"; {count_of(len(skipped), 'unreadable file')} skipped" if skipped else "")
+        + (f"; {count_of(listing.ignored, 'non-image file')} ignored" if listing.ignored else "")
     )
     return split
 
 
 def _save(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    needed = state["images"].nbytes + state["labels"].nbytes
+    with atomic_path(path, needed=needed, hint="set --data.cache_dir to a disk with room") as tmp:
         torch.save(state, tmp)
 
 
@@ -325,7 +331,7 @@ def load_split(
     listing = scan(split_dir, names)
     if build:  # said once (prepare_data runs once per node)
         for rel, why in listing.skipped_links:
-            _say(f"skipped {split_dir / rel}: {why}")
+            _say(f"skipped {display_name(split_dir / rel)}: {why}")
     if not listing.files:
         raise DataError(f"{split_dir}: no image files in its class folders ({listing.ignored} other files).\n{LAYOUT}")
     key = listing.key(image_size)
@@ -337,6 +343,8 @@ def load_split(
     if build:
         try:
             _save(decoded.to_state(key), path)
+        except DiskFullError as e:
+            _say(f"could not write the cache: {e}; this run goes on, the next one decodes again")
         except OSError as e:
             _say(
                 f"could not write the cache {path} ({e.strerror or e}); the next run decodes again."

@@ -6,10 +6,13 @@ Any format PIL reads, any size and mode: EXIF-rotated, converted to RGB, centre-
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import math
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -178,7 +181,10 @@ def _decode_in_pool(chunks: list[tuple[int, list[str]]], size: int, workers: int
     results: dict[int, tuple] = {}
     while chunks:
         lost: list[tuple[int, list[str]]] = []
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context(method)) as pool:
+        context = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(
+            min(workers, len(chunks)), mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = [(start, paths, pool.submit(_decode_chunk, (paths, size))) for start, paths in chunks]
             for start, paths, future in futures:
                 try:
@@ -195,6 +201,19 @@ def _decode_in_pool(chunks: list[tuple[int, list[str]]], size: int, workers: int
                 half = len(paths) // 2
                 chunks += [(start, paths[:half]), (start + half, paths[half:])]
     return results
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker start: end with the process that started it (a ``kill -9`` of a run must not leave its decoders
+    running, each holding its chunk of images, with nobody to read them)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel sends it when the parent dies
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def load_images(
