@@ -37,7 +37,7 @@ test: $(STAMP)  ## run the test suite (fast tests; slow ones with make test-all)
 test-all: $(STAMP)  ## run every test, slow ones included
 	$(PY) -m pytest $(ARGS)
 
-fit: $(STAMP)  ## train VGG-16-BN on CIFAR-10 with configs/default.yaml (downloads CIFAR-10 to data/)
+fit: $(STAMP)  ## train VGG-16-BN on CIFAR-10 with the default recipe, vgg_lightning/default.yaml (downloads CIFAR-10 to data/)
 	$(PY) -m vgg_lightning fit $(ARGS)
 
 bench: $(STAMP)  ## Lightning vs a plain PyTorch loop: images/s, data wait, memory

@@ -194,7 +194,8 @@ def test_fit_without_a_logger(cifar10_dir, workdir):
 def test_every_recipe_loads_and_opens_with_its_header(config, workdir):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / config
+    root = Path(__file__).resolve().parents[1]
+    path = root / "vgg_lightning" / config if config == "default.yaml" else root / "configs" / config
     header = path.read_text().splitlines()[:3]
     assert all(line.startswith("# ") for line in header)  # what it is, its number, how it was measured
     assert "Measured" in header[2] and "results.md" in header[2]

@@ -1,6 +1,6 @@
 """``python -m vgg_lightning {fit,validate,test,predict}``: LightningCLI with the project's defaults.
 
-Everything is configured by YAML (``configs/default.yaml`` is always loaded first) plus ``--section.key value``
+Everything is configured by YAML (the package's ``default.yaml`` is always loaded first) plus ``--section.key value``
 overrides; ``--print_config`` shows the result.
 """
 
@@ -29,8 +29,9 @@ from vgg_lightning.files import write_text_atomically
 from vgg_lightning.messages import log, say
 from vgg_lightning.module import VGGClassifier
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+# The main recipe and the always-on callbacks, loaded before any --config: shipped inside the package, so an
+# installed wheel runs what a checkout runs.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")
 # Options that choose how a model runs, not what it is: given on the command line, they win over the values
@@ -306,7 +307,7 @@ class VGGLightningCLI(LightningCLI):
         sub = self.subcommand
         config = self.config_init[sub] if sub else self.config_init
         trainer = config["trainer"]
-        # The always-on callbacks come from configs/default.yaml (trainer.callbacks); these follow from options.
+        # The always-on callbacks come from the package's default.yaml (trainer.callbacks); these follow from options.
         own: list[Callback] = []
         if trainer.get("enable_checkpointing") is not False:  # Lightning's switch: our checkpoints step aside
             if trainer.get("limit_val_batches") != 0:  # without validation there is no val/acc to pick a best by
@@ -364,7 +365,12 @@ def build_cli(
     started: Optional[float] = None,
     extra_callbacks: Optional[list] = None,
 ) -> VGGLightningCLI:
-    default_files = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
+    if not DEFAULT_CONFIG.is_file():
+        raise ConfigError(
+            f"the package's defaults file {DEFAULT_CONFIG} is missing (an incomplete install):"
+            " reinstall vgg_lightning (`make install`, or pip install of the wheel)"
+        )
+    default_files = [str(DEFAULT_CONFIG)]
     return VGGLightningCLI(
         VGGClassifier,
         ImageDataModule,

@@ -4,9 +4,9 @@
 
 Runs, each timed from the shell's point of view (start-up and imports included) with its output in OUT_DIR:
 the bench (Lightning vs a plain loop, batch 512, bf16; fused SGD on and off), ``fit`` with ``configs/fast.yaml``
-and ``configs/default.yaml`` on CIFAR-10 as class folders (``DIR/train/<class>/*``) with the phase table of
-``callbacks.PhaseTimer``, and the blog article's run (``configs/blog_vgg16.yaml``, 20 epochs).
-``--only`` picks some of them.
+and with the default recipe (the package's ``default.yaml``) on CIFAR-10 as class folders (``DIR/train/<class>/*``)
+with the phase table of ``callbacks.PhaseTimer``, and the blog article's run (``configs/blog_vgg16.yaml``, 20
+epochs). Run it from the project's folder (the recipes are its ``configs/*.yaml``). ``--only`` picks some of them.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _fit(config: str, data_dir: str) -> list[str]:
+def _fit(config: Optional[str], data_dir: str) -> list[str]:
+    recipe = ["--config", str(Path("configs", config).resolve())] if config else []  # None: the default alone
     return [
         "-m",
         "vgg_lightning",
         "fit",
-        "--config",
-        str(ROOT / "configs" / config),
+        *recipe,
         "--data.dataset",
         "folder",
         "--data.data_dir",
@@ -58,7 +56,7 @@ def runs(data_dir: str) -> dict[str, list[str]]:
         "bench_fused": [*bench, "--fused", "true"],
         "bench_unfused": [*bench, "--fused", "false"],
         "fit_fast": _fit("fast.yaml", data_dir),
-        "fit_default": _fit("default.yaml", data_dir),
+        "fit_default": _fit(None, data_dir),
         "fit_blog": _fit("blog_vgg16.yaml", data_dir),
     }
 

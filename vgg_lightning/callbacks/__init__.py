@@ -1,4 +1,4 @@
-"""The project's Lightning callbacks. The always-on ones are listed in ``configs/default.yaml`` under
+"""The project's Lightning callbacks. The always-on ones are listed in the package's ``default.yaml`` under
 ``trainer.callbacks`` (remove or replace them there, or add with ``--trainer.callbacks+=...``); the CLI adds in code
 only those that follow from an option: the time budget (``--trainer.max_time``), the checkpoints (unless
 ``--trainer.enable_checkpointing false``) and the learning-rate monitor (with a logger).
