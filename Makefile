@@ -41,7 +41,7 @@ fit: $(STAMP)  ## train VGG-16-BN on CIFAR-10 with the default recipe, vgg_light
 	$(PY) -m vgg_lightning fit $(ARGS)
 
 bench: $(STAMP)  ## Lightning vs a plain PyTorch loop: images/s, data wait, memory
-	$(PY) -m vgg_lightning.bench $(ARGS)
+	$(PY) -m vgg_lightning.tools.bench $(ARGS)
 
 tensorboard: $(STAMP)  ## show the runs in lightning_logs/ at http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir lightning_logs

@@ -1,6 +1,6 @@
 import pytest
 
-from vgg_lightning.bench import run
+from vgg_lightning.tools.bench import run
 
 
 def test_bench_runs_both_loops_and_reports(cifar10_dir, capsys):
@@ -38,7 +38,7 @@ def test_gpu_report_commands_parse(tmp_path):
     import subprocess
     import sys
 
-    from vgg_lightning.gpu_report import runs
+    from vgg_lightning.tools.gpu_report import runs
 
     commands = runs(str(tmp_path))
     assert set(commands) == {"bench_fused", "bench_unfused", "fit_fast", "fit_default", "fit_blog"}

@@ -27,19 +27,37 @@ def test_no_weight_decay_on_bn_and_biases():
         assert (id(p) in decayed) == (p.ndim > 1), name
 
 
-def test_ema_is_trained_saved_and_used(cifar10_dir, tmp_path, monkeypatch):
+EMA = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9"]
+
+
+def test_ema_is_lightnings_callback_updated_per_optimizer_step(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.ema_decay", "0.9")
+    args = tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.accumulate_grad_batches", "2", *EMA)
     assert main(["fit", *args]) == 0
     path = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
-    model = VGGClassifier.load_from_checkpoint(path, weights_only=True).eval()
-    assert int(model.ema.n_averaged) == 10  # one update per step: 160 images / batch 16
-    ema_w, net_w = model.ema.module.features[0].weight, model.net.features[0].weight
-    assert not torch.equal(ema_w, net_w)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model(x), model.ema.module(x))  # evaluation runs the averaged weights
-    assert model.eval_net() is model.ema.module
+    ckpt = torch.load(path, weights_only=True)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 5  # 10 batches, 2 a step: once per optimizer step
+    key = "net.features.0.weight"
+    assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
+    model = VGGClassifier.load_from_checkpoint(path, weights_only=True)
+    assert torch.equal(model.net.features[0].weight, ckpt["state_dict"][key])  # evaluation runs the average
+    assert main(["test", *tiny(cifar10_dir), "--ckpt_path", str(path)]) == 0
+
+
+def test_checkpoints_from_the_models_own_ema_still_load_with_the_average(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")]) == 0
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    net = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    averaged = {k: v + 0.5 if v.is_floating_point() else v for k, v in net.items()}
+    ckpt["state_dict"].update({f"ema.module.{k}": v for k, v in averaged.items()})  # as model.ema_decay saved it
+    ckpt["state_dict"]["ema.n_averaged"] = torch.tensor(2)
+    ckpt["hyper_parameters"].update(ema_decay=0.9, lookahead=0.0, lookahead_every=5)
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(ckpt, legacy)
+    model = VGGClassifier.load_from_checkpoint(legacy, weights_only=True)
+    assert torch.equal(model.net.features[0].weight, averaged["features.0.weight"])
+    assert main(["test", *tiny(cifar10_dir), "--ckpt_path", str(legacy)]) == 0
 
 
 def test_runtime_options_on_the_command_line_beat_the_checkpoint(cifar10_dir, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,10 +19,14 @@ def _run(args: list[str], cwd, pythonpath: str) -> subprocess.CompletedProcess:
 
 
 def test_the_wheel_runs_what_the_checkout_runs(tmp_path):
-    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    wheels, site, elsewhere, src = (tmp_path / name for name in ("wheels", "site", "elsewhere", "src"))
     elsewhere.mkdir()
+    # built from a copy: setuptools writes build/ and *.egg-info next to the sources
+    shutil.copytree(REPO / "vgg_lightning", src / "vgg_lightning", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     pip = ["-m", "pip", "--disable-pip-version-check", "-q"]
-    built = _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], tmp_path, "")
+    built = _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], tmp_path, "")
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("vgg_lightning-*.whl")
     done = _run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], tmp_path, "")

@@ -114,7 +114,7 @@ def test_decode_workers_end_with_a_killed_run(tmp_path):
         "import os, time\n"
         "from vgg_lightning.data import images\n"
         "def stuck(args):\n"
-        "    print(os.getpid(), flush=True)\n"
+        "    os.write(1, f'{os.getpid()}\\n'.encode())  # one write: the two workers' lines do not interleave\n"
         "    time.sleep(120)\n"
         "images._decode_chunk = stuck\n"
         "images._decode_in_pool([(0, ['a']), (1, ['b'])], 32, 2)\n"

@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from vgg_lightning import tta_views
 from vgg_lightning.cli import main
 from vgg_lightning.data.augment import normalize
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.module import VGGClassifier
+from vgg_lightning.tools import tta_views
 
 from .helpers.runs import tiny
 
@@ -44,6 +44,6 @@ def test_view_sets_keep_within_the_largest_shift():
 
 
 def test_a_missing_checkpoint_is_one_message(tmp_path):
-    cmd = [sys.executable, "-m", "vgg_lightning.tta_views", str(tmp_path / "nope.ckpt")]
+    cmd = [sys.executable, "-m", "vgg_lightning.tools.tta_views", str(tmp_path / "nope.ckpt")]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope.ckpt' does not exist" in r.stderr and "Traceback" not in r.stderr

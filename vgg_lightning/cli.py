@@ -6,6 +6,7 @@ overrides; ``--print_config`` shows the result.
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 import time
@@ -114,6 +115,7 @@ class VGGLightningCLI(LightningCLI):
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.ckpt: Optional[dict] = None
+        self.ckpt_note = ""
         self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
@@ -125,11 +127,10 @@ class VGGLightningCLI(LightningCLI):
             k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")
         }
         logger = cfg.trainer.get("logger")
-        if self._is_tensorboard(logger) and logger.class_path in LIGHTNING_TENSORBOARD:
+        if is_tensorboard(logger) and logger.class_path in LIGHTNING_TENSORBOARD:
             logger.class_path = DEFAULT_LOGGER["class_path"]
-        self._follow_default_root_dir(cfg)
-        log_root = self._log_root(cfg)
-        self._resolve_ckpt_path(parser, sub, cfg, log_root)
+        follow_default_root_dir(cfg, self.raw_args)
+        self.ckpt_note = resolve_checkpoint(sub, cfg, log_root(cfg))
         # The one read of the checkpoint (memory-mapped: the weights are read by Lightning's restore only).
         self.ckpt = checkpoints.read(cfg.ckpt_path) if cfg.get("ckpt_path") else None
         if sub == "fit" and self.ckpt is not None:
@@ -146,74 +147,15 @@ class VGGLightningCLI(LightningCLI):
             "config_filename": "config.yaml" if sub == "fit" else f"{sub}_config.yaml",
         }
 
-    def _follow_default_root_dir(self, cfg) -> None:
-        """The TensorBoard logger writes under --trainer.default_root_dir unless its own save_dir is given."""
-        root = cfg.trainer.get("default_root_dir")
-        logger = cfg.trainer.get("logger")
-        if root and self._is_tensorboard(logger) and not _given(self.raw_args, "trainer.logger.init_args.save_dir"):
-            if logger.init_args.get("save_dir") in (None, DEFAULT_LOGGER["init_args"]["save_dir"]):
-                logger.init_args.save_dir = str(root)
-
-    def _resolve_ckpt_path(self, parser: LightningArgumentParser, sub: str, cfg, log_root: Optional[Path]) -> None:
-        """``last``/``best`` and the evaluation commands' default (the newest run's best) to a file; say which."""
-        self.ckpt_note = ""
-        given = cfg.get("ckpt_path")
-        if given == UNTRAINED:
-            if sub == "fit":
-                parser.error(f"--ckpt_path {UNTRAINED} is for validate, test and predict; fit starts untrained anyway")
-            cfg.ckpt_path = None
-            self.ckpt_note = "weights: freshly initialized, untrained (--ckpt_path untrained)"
-            return
-        defaulted = not given and sub in EVALUATION
-        if not given and not defaulted:
-            return
-        root = log_root or Path("lightning_logs")
-        try:
-            ckpt = checkpoints.resolve("best" if defaulted else str(given), root)
-        except checkpoints.CheckpointNotFound as e:
-            parser.error(
-                f"{sub} needs trained weights, and no run in '{root}' has a checkpoint yet: train one with"
-                f" `python -m vgg_lightning fit` first, or pass --ckpt_path FILE (--ckpt_path {UNTRAINED} evaluates"
-                " random weights on purpose)"
-                if defaulted
-                else str(e)
-            )
-        cfg.ckpt_path = str(ckpt)
-        if sub in EVALUATION:
-            self.ckpt_note = f"weights: {ckpt}" + (
-                " (the newest run's best; choose with --ckpt_path)" if defaulted else ""
-            )
-        version = checkpoints.run_version(ckpt, log_root) if log_root else None
-        if version is None:
-            return
-        if sub == "fit" and ckpt.name != "last.ckpt":
-            # Resuming from an earlier state of a run (its best, an epoch's file) would overwrite that run's
-            # last.ckpt and config.yaml with a state it has already gone past: a new run folder instead.
-            self.ckpt_note = (
-                f"resuming from {ckpt}, an earlier state of version_{version}: logging into a new run folder, so"
-                f" version_{version}'s own last.ckpt and config.yaml stay as they are"
-            )
-            return
-        cfg.trainer.logger.init_args.version = version  # go on logging into the run the checkpoint belongs to
-
-    @staticmethod
-    def _is_tensorboard(logger) -> bool:
-        return bool(logger) and hasattr(logger, "init_args") and "TensorBoardLogger" in str(logger.class_path)
-
-    @classmethod
-    def _log_root(cls, cfg) -> Optional[Path]:
-        logger = cfg.trainer.get("logger")
-        if not cls._is_tensorboard(logger):
-            return None
-        args = logger.init_args
-        return Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
-
     @override
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's: the model's options from the checkpoint's hyperparameters, over the CLI's one read (its own
         would read the whole file again, and give a file that is not a checkpoint a traceback)."""
-        hparams = dict((self.ckpt or {}).get("hyper_parameters") or {}) if hasattr(self, "ckpt") else {}
+        if not getattr(self, "ckpt", None):
+            return
+        hparams = dict(self.ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
+        hparams = current_model_options(hparams, self.config.subcommand == "fit")
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -231,8 +173,8 @@ class VGGLightningCLI(LightningCLI):
             cfg.model[key] = value
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # Lightning's restore too: a checkpoint never runs code
-        if sub in EVALUATION and cfg.get("ckpt_path"):
-            self._data_options_from_checkpoint(cfg)
+        if sub in EVALUATION and self.ckpt is not None:
+            data_options_from_checkpoint(cfg, self.ckpt, self.raw_args)
         trainer = cfg.trainer
         if (
             sub == "fit"
@@ -255,36 +197,8 @@ class VGGLightningCLI(LightningCLI):
             say(self.ckpt_note)
         precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))
 
-    def _data_options_from_checkpoint(self, cfg) -> None:
-        saved = self.ckpt.get("datamodule_hyper_parameters")
-        for key, value in (saved or {}).items():
-            if key in cfg.data and key not in RUNTIME_DATA_OPTIONS and not _given(self.raw_args, f"data.{key}"):
-                cfg.data[key] = value
-
     def _check_checkpoint_fits_data(self) -> None:
-        """A checkpoint's classes must be the data's, in the same order: else metrics carry the wrong names, or
-        the weights do not even fit (another class count). One message, before any work."""
-        sub = self.subcommand
-        cfg = self.config[sub]
-        ckpt_path = cfg.get("ckpt_path")
-        if not ckpt_path or (sub == "predict" and cfg.data.get("predict_path")):
-            return  # no checkpoint, or predicting on files: the checkpoint's classes are the answer
-        ckpt = self.ckpt
-        saved = [unicodedata.normalize("NFC", str(n)) for n in ckpt.get("class_names") or []]
-        saved_count = len(saved) or (ckpt.get("hyper_parameters") or {}).get("num_classes")
-        dm = self.datamodule
-        count = dm.num_classes
-        names = dm.known_class_names()
-        names = [unicodedata.normalize("NFC", n) for n in names] if names is not None else None
-        if saved_count == count and (not saved or names is None or saved == names):
-            return
-        where = f"data.data_dir '{cfg.data.data_dir}' ({cfg.data.dataset})"
-        raise ConfigError(
-            f"the checkpoint {ckpt_path} was trained on other classes than {where} holds:\n"
-            f"  checkpoint ({saved_count}): {', '.join(saved) if saved else '(names not saved)'}\n"
-            f"  data       ({count}): {', '.join(names) if names is not None else '(names not read yet)'}\n"
-            "  Give the --data options of the run that trained it (its config.yaml), or another --ckpt_path."
-        )
+        check_checkpoint_fits_data(self.subcommand, self.config[self.subcommand], self.ckpt, self.datamodule)
 
     def before_fit(self) -> None:
         self._check_checkpoint_fits_data()
@@ -339,6 +253,116 @@ class VGGLightningCLI(LightningCLI):
             if isinstance(launcher, _SubprocessScriptLauncher) and self.trainer.is_global_zero:
                 launcher.kill(signal.SIGKILL)
             raise
+
+
+# -- the CLI's setup, as plain functions of the parsed options (and the one read of the checkpoint) -------------------
+def is_tensorboard(logger) -> bool:
+    return bool(logger) and hasattr(logger, "init_args") and "TensorBoardLogger" in str(logger.class_path)
+
+
+def log_root(cfg) -> Optional[Path]:
+    """Where the TensorBoard logger keeps its runs (``save_dir/name``); None without it."""
+    logger = cfg.trainer.get("logger")
+    if not is_tensorboard(logger):
+        return None
+    args = logger.init_args
+    return Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+
+
+def follow_default_root_dir(cfg, raw_args: list[str]) -> None:
+    """The TensorBoard logger writes under --trainer.default_root_dir unless its own save_dir is given."""
+    root = cfg.trainer.get("default_root_dir")
+    logger = cfg.trainer.get("logger")
+    if root and is_tensorboard(logger) and not _given(raw_args, "trainer.logger.init_args.save_dir"):
+        if logger.init_args.get("save_dir") in (None, DEFAULT_LOGGER["init_args"]["save_dir"]):
+            logger.init_args.save_dir = str(root)
+
+
+def resolve_checkpoint(sub: str, cfg, runs: Optional[Path]) -> str:
+    """``last``/``best`` and the evaluation commands' default (the newest run's best) to a file in
+    ``cfg.ckpt_path``, and a resumed fit's logger to its run; returns the line that says which (or "")."""
+    given = cfg.get("ckpt_path")
+    if given == UNTRAINED:
+        if sub == "fit":
+            raise ConfigError(f"--ckpt_path {UNTRAINED} is for validate, test and predict; fit starts untrained anyway")
+        cfg.ckpt_path = None
+        return "weights: freshly initialized, untrained (--ckpt_path untrained)"
+    defaulted = not given and sub in EVALUATION
+    if not given and not defaulted:
+        return ""
+    root = runs or Path("lightning_logs")
+    try:
+        ckpt = checkpoints.resolve("best" if defaulted else str(given), root)
+    except checkpoints.CheckpointNotFound as e:
+        raise ConfigError(
+            f"{sub} needs trained weights, and no run in '{root}' has a checkpoint yet: train one with"
+            f" `python -m vgg_lightning fit` first, or pass --ckpt_path FILE (--ckpt_path {UNTRAINED} evaluates"
+            " random weights on purpose)"
+            if defaulted
+            else str(e)
+        ) from None
+    cfg.ckpt_path = str(ckpt)
+    note = ""
+    if sub in EVALUATION:
+        note = f"weights: {ckpt}" + (" (the newest run's best; choose with --ckpt_path)" if defaulted else "")
+    version = checkpoints.run_version(ckpt, runs) if runs else None
+    if version is None:
+        return note
+    if sub == "fit" and ckpt.name != "last.ckpt":
+        # Resuming from an earlier state of a run (its best, an epoch's file) would overwrite that run's
+        # last.ckpt and config.yaml with a state it has already gone past: a new run folder instead.
+        return (
+            f"resuming from {ckpt}, an earlier state of version_{version}: logging into a new run folder, so"
+            f" version_{version}'s own last.ckpt and config.yaml stay as they are"
+        )
+    cfg.trainer.logger.init_args.version = version  # go on logging into the run the checkpoint belongs to
+    return note
+
+
+def data_options_from_checkpoint(cfg, ckpt: dict, raw_args: list[str]) -> None:
+    """An evaluation takes the checkpoint's run's data options, except those typed or only about running."""
+    for key, value in (ckpt.get("datamodule_hyper_parameters") or {}).items():
+        if key in cfg.data and key not in RUNTIME_DATA_OPTIONS and not _given(raw_args, f"data.{key}"):
+            cfg.data[key] = value
+
+
+def check_checkpoint_fits_data(sub: str, cfg, ckpt: Optional[dict], dm) -> None:
+    """A checkpoint's classes must be the data's, in the same order: else metrics carry the wrong names, or
+    the weights do not even fit (another class count). One message, before any work."""
+    if ckpt is None or (sub == "predict" and cfg.data.get("predict_path")):
+        return  # no checkpoint, or predicting on files: the checkpoint's classes are the answer
+    saved = [unicodedata.normalize("NFC", str(n)) for n in ckpt.get("class_names") or []]
+    saved_count = len(saved) or (ckpt.get("hyper_parameters") or {}).get("num_classes")
+    count = dm.num_classes
+    names = dm.known_class_names()
+    names = [unicodedata.normalize("NFC", n) for n in names] if names is not None else None
+    if saved_count == count and (not saved or names is None or saved == names):
+        return
+    where = f"data.data_dir '{cfg.data.data_dir}' ({cfg.data.dataset})"
+    raise ConfigError(
+        f"the checkpoint {cfg.ckpt_path} was trained on other classes than {where} holds:\n"
+        f"  checkpoint ({saved_count}): {', '.join(saved) if saved else '(names not saved)'}\n"
+        f"  data       ({count}): {', '.join(names) if names is not None else '(names not read yet)'}\n"
+        "  Give the --data options of the run that trained it (its config.yaml), or another --ckpt_path."
+    )
+
+
+# Model options of earlier versions that became callbacks: (option, its "off" value, what to add instead).
+MOVED_MODEL_OPTIONS = {
+    "ema_decay": (0.0, "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging --trainer.callbacks.decay"),
+    "lookahead": (0.0, "--trainer.callbacks+=vgg_lightning.callbacks.Lookahead --trainer.callbacks.decay"),
+}
+
+
+def current_model_options(saved: dict, resuming: bool) -> dict:
+    """A checkpoint's model options that the model still takes (older checkpoints carry some that moved to
+    callbacks). A resumed fit that used a moved one is told how to go on with it."""
+    known = set(inspect.signature(VGGClassifier.__init__).parameters) - {"self"}
+    for option, (off, instead) in MOVED_MODEL_OPTIONS.items():
+        value = saved.get(option)
+        if resuming and value not in (None, off):
+            say(f"this checkpoint's run used model.{option} {value}, now a callback: add {instead} {value}")
+    return {k: v for k, v in saved.items() if k in known or k == "_class_path"}
 
 
 def _has_budget_plan(ckpt: dict) -> bool:

@@ -50,7 +50,7 @@ def load_for_export(path: Path, raw_uint8: bool) -> tuple[ExportWrapper, list[st
 
     model = VGGClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     mean, std = model.normalization()
-    net = model.eval_net().to(memory_format=torch.contiguous_format)
+    net = model.net.to(memory_format=torch.contiguous_format)
     return ExportWrapper(net, mean, std, raw_uint8).eval(), model.class_names(), int(model.hparams.image_size)
 
 

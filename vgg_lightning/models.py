@@ -50,6 +50,7 @@ def stage_factors(cfg: list[Union[int, str]], width: float, stage_widths: Option
 
 def make_layers(
     cfg: list[Union[int, str]],
+    *,
     batch_norm: bool,
     width: float = 1.0,
     bn_momentum: float = 0.1,
@@ -88,6 +89,7 @@ class VGG(nn.Module):
     def __init__(
         self,
         cfg: list[Union[int, str]],
+        *,
         num_classes: int = 10,
         batch_norm: bool = True,
         width: float = 1.0,
@@ -101,7 +103,14 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         self.features = make_layers(
-            cfg, batch_norm, width, bn_momentum, bn_eps, stage_widths, activation, pool_before_bn
+            cfg,
+            batch_norm=batch_norm,
+            width=width,
+            bn_momentum=bn_momentum,
+            bn_eps=bn_eps,
+            stage_widths=stage_widths,
+            activation=activation,
+            pool_before_bn=pool_before_bn,
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
         in_features = next(m.out_channels for m in reversed(self.features) if isinstance(m, nn.Conv2d))
@@ -174,6 +183,7 @@ def init_weights(model: nn.Module) -> None:
 
 def build_model(
     arch: str = "vgg16",
+    *,
     num_classes: int = 10,
     batch_norm: bool = True,
     width: float = 1.0,
@@ -192,17 +202,40 @@ def build_model(
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     return VGG(
         CONFIGS[arch],
-        num_classes,
-        batch_norm,
-        width,
-        head_hidden,
-        dropout,
-        bn_momentum,
-        bn_eps,
-        stage_widths,
-        activation,
-        pool_before_bn,
+        num_classes=num_classes,
+        batch_norm=batch_norm,
+        width=width,
+        head_hidden=head_hidden,
+        dropout=dropout,
+        bn_momentum=bn_momentum,
+        bn_eps=bn_eps,
+        stage_widths=stage_widths,
+        activation=activation,
+        pool_before_bn=pool_before_bn,
     )
+
+
+def check_net_options(
+    arch: str, width: float, stage_widths: Optional[Sequence[float]], activation: str, pool_before_bn: bool
+) -> None:
+    """ValueError naming the option (as ``model.<option>: ...``) when the network cannot be built as asked."""
+    shaping = {"stage_widths": stage_widths is not None, "activation": activation != "relu"}
+    given = [name for name, on in {**shaping, "pool_before_bn": pool_before_bn}.items() if on]
+    if given and arch not in CONFIGS:
+        raise ValueError(f"model.{given[0]} shapes the VGG configs; {arch} is kept as printed: leave it unset")
+    if stage_widths is not None:
+        try:
+            stage_factors(CONFIGS[arch], width, stage_widths)
+        except ValueError as e:
+            raise ValueError(f"model.{e}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'") from None
+
+
+@torch.no_grad()
+def freeze_bn_scale(model: nn.Module) -> None:
+    """BatchNorm's scale fixed at its start (1): only the shift trains."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.requires_grad_(False)
 
 
 def dirac_init(model: nn.Module) -> int:

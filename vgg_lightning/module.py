@@ -1,7 +1,11 @@
-"""The LightningModule: a VGG net, its loss, its metrics, its optimizer and per-step schedule.
+"""The LightningModule: a VGG net, its loss, its metrics, and its optimizer and per-step schedule hooked up.
 
-What keeps runs safe (RNG states, the non-finite loss watch) lives in ``reliability.py``, what the user sees
-(timing, tables, pictures) in ``reporting.py`` and ``visuals.py``, and the time budget in ``budget.py``.
+Each technique lives in a module of its own, which this class only calls: the network and its starts (whitening,
+dirac) in ``models.py``, the optimizer in ``optim.py`` (Muon in ``muon.py``), the schedules in ``schedules.py``,
+test-time views in ``tta.py``. Techniques that act around the training step are callbacks: an EMA of the weights is
+Lightning's ``EMAWeightAveraging``, Lookahead is ``callbacks.Lookahead``, and the time budget (``callbacks.budget``)
+sizes the schedule through one attribute, ``schedule_steps``. What keeps runs safe lives in
+``callbacks/reliability.py``, what the user sees in ``callbacks/reporting.py`` and ``callbacks/visuals.py``.
 """
 
 from __future__ import annotations
@@ -15,17 +19,25 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from typing_extensions import override
 
-from vgg_lightning import muon, schedules
-from vgg_lightning.callbacks.pacing import is_last_validation
+from vgg_lightning import schedules, tta
 from vgg_lightning.errors import ConfigError
-from vgg_lightning.metrics import RunningLossAccuracy
-from vgg_lightning.models import CONFIGS, build_model, dirac_init, first_conv, stage_factors, whiten_init
+from vgg_lightning.metrics import EvalReport, RunningLossAccuracy
+from vgg_lightning.models import (
+    CONFIGS,
+    build_model,
+    check_net_options,
+    dirac_init,
+    first_conv,
+    freeze_bn_scale,
+    whiten_init,
+)
+from vgg_lightning.optim import build_optimizer
 from vgg_lightning.precision import prefers_channels_last
+from vgg_lightning.progress import is_last_validation
 
 
 class VGGClassifier(L.LightningModule):
@@ -37,7 +49,7 @@ class VGGClassifier(L.LightningModule):
         width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
         stage_widths: one more factor per stage (the convolutions before each of the five poolings), on top of
             ``width``: ``[1, 1, 1, 1, 0.5]`` halves the last stage (its 2x2 maps take 11% of a CPU step for 8% of
-            the FLOPs; ``python -m vgg_lightning.bench --stages true`` shows each stage's share). Default: 1 each.
+            the FLOPs; ``python -m vgg_lightning.tools.bench --stages true`` shows each stage's share). Default: 1 each.
         activation: ``relu`` (VGG's) or ``gelu`` (the speed runs') after every convolution; the head keeps ReLU.
         pool_before_bn: each stage's pooling right after its last convolution, before that convolution's BatchNorm
             and activation (airbench's order). Max-pooling commutes with the ReLU, so only BatchNorm's statistics
@@ -68,8 +80,6 @@ class VGGClassifier(L.LightningModule):
             measured, see ``precision.py``).
         fused: the optimizer's fused implementation (one kernel for all parameters); default: on for CUDA.
         compile: ``torch.compile`` the network for training and evaluation.
-        ema_decay: keep an exponential moving average of the weights (and BN statistics) with this decay per
-            step, and validate, test, predict and export with it; 0 turns it off.
         tta_flip: at evaluation, average the logits of each image and its mirror image. ``final``: do so in
             ``validate``/``test``/``predict``/``classify()`` and in the last validation of ``fit`` (the one that
             reports the trained model), but not in the validations before it, where it would cost an extra pass
@@ -86,11 +96,9 @@ class VGGClassifier(L.LightningModule):
         bn_scale: train BatchNorm's scale; false keeps it at 1 (the shift is always trained).
         bn_bias_lr: the learning rate of BatchNorm's shifts, on the same schedule; unset: ``lr``'s. airbench trains
             them 64 times faster than its filters (its ``bias_scaler``).
-        lookahead: Lookahead on the weights (and BN statistics): every ``lookahead_every`` steps the slow copy moves
-            toward the trained weights and the trained weights are reset to it, with a decay of
-            ``lookahead ** lookahead_every`` ramped in as (progress of the schedule)^3; the last step ends on the
-            slow copy. 0 turns it off (airbench uses 0.95 every 5 steps).
-        lookahead_every: steps between Lookahead updates.
+
+    An EMA of the weights and Lookahead are callbacks (``--trainer.callbacks+=...``): Lightning's
+    ``EMAWeightAveraging`` and ``vgg_lightning.callbacks.Lookahead``.
     """
 
     def __init__(
@@ -118,7 +126,6 @@ class VGGClassifier(L.LightningModule):
         channels_last: Optional[bool] = None,
         fused: Optional[bool] = None,
         compile: bool = False,
-        ema_decay: ClosedUnitInterval = 0.0,
         tta_flip: Union[bool, Literal["final"]] = False,
         tta_shift: NonNegativeInt = 0,
         whiten: Literal["off", "frozen", "trained"] = "off",
@@ -127,26 +134,14 @@ class VGGClassifier(L.LightningModule):
         bn_eps: PositiveFloat = 1e-5,
         bn_scale: bool = True,
         bn_bias_lr: Optional[PositiveFloat] = None,
-        lookahead: ClosedUnitInterval = 0.0,
-        lookahead_every: PositiveInt = 5,
     ) -> None:
         super().__init__()
         if image_size < 32:
             raise ConfigError(f"model.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
-        # The options that reshape a VGG config; the blog's net is kept as printed.
-        shaping = {
-            "stage_widths": stage_widths is not None,
-            "activation": activation != "relu",
-            "pool_before_bn": pool_before_bn,
-        }
-        given = [name for name, on in shaping.items() if on]
-        if given and arch not in CONFIGS:
-            raise ConfigError(f"model.{given[0]} shapes the VGG configs; {arch} is kept as printed: leave it unset")
-        if stage_widths is not None:
-            try:  # the network's own check, said as an option's error before any work
-                stage_factors(CONFIGS[arch], width, stage_widths)
-            except ValueError as e:
-                raise ConfigError(f"model.{e}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'") from None
+        try:
+            check_net_options(arch, width, stage_widths, activation, pool_before_bn)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if optimizer == "muon" and not (batch_norm and arch in CONFIGS):
             raise ConfigError(
                 "model.optimizer muon holds each filter at a fixed norm, which only BatchNorm after every convolution"
@@ -159,16 +154,16 @@ class VGGClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.net = build_model(
             arch,
-            num_classes,
-            batch_norm,
-            width,
-            head_hidden,
-            dropout,
-            bn_momentum,
-            bn_eps,
-            stage_widths,
-            activation,
-            pool_before_bn,
+            num_classes=num_classes,
+            batch_norm=batch_norm,
+            width=width,
+            head_hidden=head_hidden,
+            dropout=dropout,
+            bn_momentum=bn_momentum,
+            bn_eps=bn_eps,
+            stage_widths=stage_widths,
+            activation=activation,
+            pool_before_bn=pool_before_bn,
         )
         vgg = arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
         if dirac and vgg:
@@ -176,14 +171,7 @@ class VGGClassifier(L.LightningModule):
         if whiten == "frozen" and vgg:
             first_conv(self.net).weight.requires_grad_(False)
         if not bn_scale:
-            for m in self.net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.requires_grad_(False)
-        self._slow: Optional[list[torch.Tensor]] = None  # Lookahead's slow copy
-        self._lookahead_at = -1
-        self.ema: Optional[AveragedModel] = None
-        if ema_decay > 0:
-            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            freeze_bn_scale(self.net)
         # Lets the model summary count FLOPs and show each layer's output size.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)
         top5 = min(5, num_classes)
@@ -196,10 +184,11 @@ class VGGClassifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.best_val_acc = 0.0
-        self.last_report: dict[str, Any] = {}  # the latest val/test epoch's numbers, for callbacks
-        self.schedule_steps: Optional[int] = None  # set by a time budget's plan; else estimated_stepping_batches
+        self.last_report: Optional[EvalReport] = None  # the latest val/test epoch's numbers, for callbacks
+        # The schedule's length: a time budget's plan sets it (callbacks.budget); unset, the Trainer's estimate.
+        self.schedule_steps: Optional[int] = None
         self._saved_class_names: list[str] = []
-        self._saved_normalization: Optional[tuple] = None  # (mean, std) of the run's data, from the checkpoint
+        self._saved_normalization: Optional[tuple] = None  # (mean, std) of the run's data, from a checkpoint
         self._resumed_total_steps: Optional[int] = None
         self._channels_last = False  # whether setup() put the weights into channels_last
 
@@ -228,69 +217,26 @@ class VGGClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last:  # inputs follow the weights' layout
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.ema is not None and not self.training:
-            return self.ema(x)
         return self._net()(x)
 
-    def eval_net(self) -> torch.nn.Module:
-        """The network evaluation uses: the EMA copy when ``ema_decay`` is on, else the trained one."""
-        return self.ema.module if self.ema is not None else self.net
-
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation, averaged with the mirrored images' when ``tta_flip`` applies (``tta_now``)."""
-        logits = self(x)
-        if self.tta_now():
-            logits = (logits + self(x.flip(3))) / 2
-            s = self.hparams.tta_shift
-            if s:
-                padded = F.pad(x, (s, s, s, s), mode="reflect")
-                h, w = x.shape[-2:]
-                shifted = [padded[..., :h, :w], padded[..., 2 * s :, 2 * s :]]
-                logits = logits / 2 + sum((self(v) + self(v.flip(3))) / 8 for v in shifted)
-        return logits
+        """Logits for evaluation, averaged over the test-time views (``tta.py``) when they apply (``tta_now``)."""
+        if not self.tta_now():
+            return self(x)
+        return tta.averaged_logits(self, x, tta.views(self.hparams.tta_shift))
 
     def tta_passes(self) -> int:
         """Forward passes per image when test-time augmentation applies."""
-        if not self.hparams.tta_flip:
-            return 1
-        return 6 if self.hparams.tta_shift else 2
+        return tta.passes(bool(self.hparams.tta_flip), self.hparams.tta_shift)
 
     def tta_now(self) -> bool:
         """Whether evaluation now averages with mirror images: ``tta_flip`` true, or ``final`` anywhere but in a
         validation of ``fit`` that is not its last (sanity check included)."""
-        tta = self.hparams.tta_flip
-        if tta != "final":
-            return bool(tta)
+        flip = self.hparams.tta_flip
+        if flip != "final":
+            return bool(flip)
         trainer = self._trainer
         return trainer is None or (not trainer.sanity_checking and is_last_validation(trainer))
-
-    @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.net)
-        if self.hparams.lookahead > 0:
-            self._lookahead_step()
-
-    def _lookahead_tensors(self) -> list[torch.Tensor]:
-        return [p.data for p in self.net.parameters()] + [b for b in self.net.buffers() if b.is_floating_point()]
-
-    @torch.no_grad()
-    def _lookahead_step(self) -> None:
-        step = self.trainer.global_step  # optimizer steps taken; batches of an accumulation share one
-        total = self.schedule_length() or self._estimated_steps()
-        last = step >= total
-        if step == self._lookahead_at or (step % self.hparams.lookahead_every and not last):
-            return
-        self._lookahead_at = step
-        fast = self._lookahead_tensors()
-        if self._slow is None:
-            self._slow = [t.detach().clone() for t in fast]
-            return
-        k = self.hparams.lookahead_every
-        decay = 1.0 if last else self.hparams.lookahead**k * min(1.0, step / total) ** 3
-        for slow, f in zip(self._slow, fast):
-            slow.lerp_(f, 1.0 - decay)
-            f.copy_(slow)
 
     @override
     def setup(self, stage: str) -> None:
@@ -301,23 +247,15 @@ class VGGClassifier(L.LightningModule):
         self._channels_last = self._use_channels_last()
         if self._channels_last:
             self.net.to(memory_format=torch.channels_last)
-            if self.ema is not None:
-                self.ema.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def _whiten_from_data(self, count: int = 5000) -> None:
         """``whiten``: the first convolution from the first ``count`` training images (the same on every process;
         under DDP rank 0's weights are broadcast anyway). A resumed run's checkpoint replaces it afterwards."""
-        from vgg_lightning.data.augment import normalize
-
         dm = self.trainer.datamodule if self._trainer is not None else None
-        train = getattr(dm, "train_set", None)
-        if train is None:
+        if not hasattr(dm, "training_sample"):
             raise ConfigError("model.whiten needs the training images: use it with this project's data module")
-        x = normalize(train[0][:count].cpu(), dm.mean, dm.std)
-        whiten_init(first_conv(self.net), x)
-        if self.ema is not None:
-            self.ema.module.load_state_dict(self.net.state_dict())
+        whiten_init(first_conv(self.net), dm.training_sample(count))
 
     # -- steps ------------------------------------------------------------------------------------------------
     # Each step only adds to metric states on the device; values are logged once per epoch (and the step loss
@@ -373,14 +311,17 @@ class VGGClassifier(L.LightningModule):
         per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1)).tolist()
         names = self.class_names()
         self.log_dict({f"{stage}/acc_class/{n}": a for n, a in zip(names, per_class)})
-        self.last_report = {
-            "stage": stage,
-            **{k.split("/", 1)[1]: float(v) for k, v in values.items()},
-            "per_class": dict(zip(names, per_class)),
-            "confusion": matrix.tolist(),
-            "class_names": names,
-            "num_images": int(matrix.sum()),
-        }
+        top5 = values.get(f"{stage}/acc_top5")
+        self.last_report = EvalReport(
+            stage=stage,
+            loss=float(values[f"{stage}/loss"]),
+            acc=float(values[f"{stage}/acc"]),
+            acc_top5=float(top5) if top5 is not None else None,
+            per_class=dict(zip(names, per_class)),
+            confusion=matrix.tolist(),
+            class_names=names,
+            num_images=int(matrix.sum()),
+        )
         if stage == "val" and not self.trainer.sanity_checking:
             self.best_val_acc = max(self.best_val_acc, float(values["val/acc"]))
             self.log("hp/best_val_acc", self.best_val_acc)  # the metric of TensorBoard's hparams tab
@@ -406,6 +347,10 @@ class VGGClassifier(L.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        # An epoch shorter than the logging interval would never log the step loss: log it once an epoch then.
+        batches = self.trainer.num_training_batches
+        if isinstance(batches, int) and 0 < batches < self.trainer.log_every_n_steps:
+            self.trainer.log_every_n_steps = batches
         # Declare the hparams tab's metric once, so TensorBoard lists the run's settings next to its best val/acc.
         if isinstance(self.logger, TensorBoardLogger):
             self.logger.log_hyperparams(self.hparams, {"hp/best_val_acc": self.best_val_acc})
@@ -418,7 +363,8 @@ class VGGClassifier(L.LightningModule):
 
     # -- using a trained model --------------------------------------------------------------------------------
     def normalization(self) -> tuple:
-        """(mean, std) the run normalized its images with: saved in the checkpoint, else the data set's."""
+        """(mean, std) the run normalized its images with: the data module's state in the checkpoint, else the
+        data set's (the data module alone owns normalization; the model only reads it back)."""
         from vgg_lightning.data.datamodule import STATS
 
         return self._saved_normalization or STATS["cifar100" if self.hparams.num_classes == 100 else "cifar10"]
@@ -442,27 +388,19 @@ class VGGClassifier(L.LightningModule):
     @override
     def configure_optimizers(self):
         h = self.hparams
-        trained = [p for p in self.net.parameters() if p.requires_grad]  # a frozen whitening or BN scale is not
-        decay = [p for p in trained if p.ndim > 1]  # conv and linear weights
-        # bn_bias_lr: BatchNorm's shifts get a group of their own (last), with that rate and no decay
-        shifts = [m.bias for m in self.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        shifts = [p for p in shifts if p.requires_grad] if h.bn_bias_lr is not None else []
-        own = {id(p) for p in shifts}
-        no_decay = [p for p in trained if p.ndim <= 1 and id(p) not in own]  # BN weights and all biases
-        shift_group = [{"params": shifts, "lr": h.bn_bias_lr, "weight_decay": 0.0}] if shifts else []
-        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups += shift_group
-        fused = self.device.type == "cuda" if h.fused is None else h.fused
-        nesterov = h.nesterov and h.momentum > 0
-        if h.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=nesterov, fused=fused or None)
-        elif h.optimizer == "muon":
-            groups = muon.param_groups(decay, no_decay, h.muon_lr, h.weight_decay, h.muon_momentum) + shift_group
-            dtype = muon.ns_dtype(self.device.type)
-            # h.nesterov as given: MuonSGD allows it at momentum 0 (a plain step), and the filters may have momentum
-            opt = muon.MuonSGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov, ns_dtype=dtype)
-        else:
-            opt = torch.optim.AdamW(groups, lr=h.lr, betas=(h.momentum, 0.999), fused=fused or None)
+        opt = build_optimizer(
+            self.net,
+            self.device.type,
+            optimizer=h.optimizer,
+            lr=h.lr,
+            momentum=h.momentum,
+            nesterov=h.nesterov,
+            weight_decay=h.weight_decay,
+            muon_lr=h.muon_lr,
+            muon_momentum=h.muon_momentum,
+            bn_bias_lr=h.bn_bias_lr,
+            fused=h.fused,
+        )
         if h.schedule == "constant":
             return opt
         total = self.schedule_steps or self._estimated_steps()
@@ -476,14 +414,10 @@ class VGGClassifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _estimated_steps(self) -> int:
-        """The schedule's length from max_epochs/max_steps; a time budget's placeholder when they set no end."""
-        from vgg_lightning.callbacks.budget import UNPLANNED_STEPS, TimeBudget
-
+        """The schedule's length from max_epochs/max_steps; without either, one must be planned (schedule_steps)."""
         estimated = self.trainer.estimated_stepping_batches
         if math.isfinite(estimated):
             return max(1, int(estimated))
-        if any(isinstance(cb, TimeBudget) for cb in self.trainer.callbacks):
-            return UNPLANNED_STEPS  # the budget's first plan, a few dozen steps in, sizes it
         raise ConfigError(
             f"the {self.hparams.schedule} schedule needs an end: give --trainer.max_epochs, --trainer.max_steps or"
             " --trainer.max_time (or --model.schedule constant)"
@@ -500,11 +434,6 @@ class VGGClassifier(L.LightningModule):
         checkpoint["best_val_acc"] = self.best_val_acc
         checkpoint["schedule_total_steps"] = self.schedule_length()
         checkpoint["class_names"] = self.class_names()
-        if self._slow is not None:
-            checkpoint["lookahead_slow"] = [t.cpu() for t in self._slow]
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and getattr(dm, "mean", None) and getattr(dm, "std", None):
-            checkpoint["normalization"] = (list(dm.mean), list(dm.std))
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -515,7 +444,25 @@ class VGGClassifier(L.LightningModule):
         self.best_val_acc = float(checkpoint.get("best_val_acc", 0.0))
         self._resumed_total_steps = checkpoint.get("schedule_total_steps")
         self._saved_class_names = list(checkpoint.get("class_names", []))
-        self._saved_normalization = checkpoint.get("normalization")
-        slow = checkpoint.get("lookahead_slow")
-        if slow is not None:
-            self._slow = [t.to(self.device) for t in slow]
+        data = checkpoint.get("ImageDataModule") or {}
+        if data.get("mean") and data.get("std"):
+            self._saved_normalization = (tuple(data["mean"]), tuple(data["std"]))
+        elif checkpoint.get("normalization"):  # written by the model itself before the data module owned it
+            self._saved_normalization = tuple(tuple(v) for v in checkpoint["normalization"])
+        _move_legacy_ema(checkpoint)
+
+
+def _move_legacy_ema(checkpoint: dict[str, Any]) -> None:
+    """Checkpoints from when the EMA was part of the model (``model.ema_decay``) hold the averaged copy under
+    ``ema.module.*``: laid out as Lightning's EMAWeightAveraging saves it (the average in ``state_dict``, the trained
+    weights in ``current_model_state``), so evaluating them still uses the average and a resumed fit with the
+    callback goes on with both."""
+    state = checkpoint.get("state_dict") or {}
+    if not any(k.startswith("ema.") for k in state):
+        return
+    current = {k: v for k, v in state.items() if not k.startswith("ema.")}
+    averaged = dict(current)
+    averaged.update({"net." + k[len("ema.module.") :]: v for k, v in state.items() if k.startswith("ema.module.")})
+    checkpoint["state_dict"] = averaged
+    checkpoint["current_model_state"] = current
+    checkpoint["averaging_state"] = {k[len("ema.") :]: v for k, v in state.items() if k == "ema.n_averaged"}

@@ -11,6 +11,10 @@ import math
 
 import torch
 
+# A schedule's length before a time budget's first plan, when nothing else bounds the run (max_epochs -1): the
+# plan, a few dozen steps in, resizes it; until then the schedule is in its warm-up either way.
+UNPLANNED_STEPS = 10**9
+
 
 def _cos(start: float, end: float, pct: float) -> float:
     """Cosine from ``start`` (pct 0) to ``end`` (pct 1)."""

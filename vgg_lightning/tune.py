@@ -32,6 +32,7 @@ import yaml
 from typing_extensions import override
 
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
+from vgg_lightning.clock import format_duration
 from vgg_lightning.errors import ConfigError, DataError, report
 from vgg_lightning.messages import log
 
@@ -359,7 +360,8 @@ class Tuner:
             left = min(left, max(0.0, self.total_s - (time.monotonic() - self.started)))
         name = f"trial {frozen.number}" + (" (the recipe as given)" if attrs.get("recipe") else "")
         print(
-            f"{name}: {what} | {best_text} | {done}/{self.o.trials} trials, about {_minutes(left)} left",
+            f"{name}: {what} | {best_text} | {done}/{self.o.trials} trials,"
+            f" about {format_duration(left, whole_minutes=True)} left",
             flush=True,
         )
 
@@ -486,13 +488,6 @@ def _open_storage(url: str, heartbeat_s: int):
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _minutes(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{seconds:.0f} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:

@@ -48,9 +48,11 @@ class RecordRank(L.Callback):
         self.record["global_step"] = trainer.global_step
         self.record["lr"] = [g["lr"] for g in trainer.optimizers[0].param_groups]
         self.record["weights_sum"] = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
-        slow = getattr(pl_module, "_slow", None)
+        from vgg_lightning.callbacks.lookahead import Lookahead, lookahead_tensors
+
+        slow = next((cb.slow for cb in trainer.callbacks if isinstance(cb, Lookahead)), None)
         if slow is not None:  # Lookahead: whether this rank ended on its slow copy (parameters come first)
-            fast = pl_module._lookahead_tensors()
+            fast = lookahead_tensors(pl_module)
             same = [bool((a == b).all()) for a, b in zip(slow, fast)]
             self.record["on_slow_copy"] = all(same)
             self.record["params_on_slow_copy"] = all(same[: len(list(pl_module.net.parameters()))])

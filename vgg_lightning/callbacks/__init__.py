@@ -4,6 +4,7 @@ only those that follow from an option: the time budget (``--trainer.max_time``),
 ``--trainer.enable_checkpointing false``) and the learning-rate monitor (with a logger).
 
 - ``budget``: ``TimeBudget``, ``--trainer.max_time`` as a plan, not a guillotine
+- ``lookahead``: ``Lookahead``, a slow copy of the weights the trained ones are pulled back to (airbench's)
 - ``reliability``: ``LastCheckpoint``, ``InterruptCheckpoint``, ``SignalGrace``, ``RNGStates``, ``NonFiniteLossWatch``
 - ``reporting``: ``EpochSummary``, ``RunForecast``, ``TestReport``, ``PredictionReport``: what the user reads
 - ``visuals``: ``ValidationVisuals``, the TensorBoard figures
@@ -12,6 +13,7 @@ only those that follow from an option: the time budget (``--trainer.max_time``),
 """
 
 from vgg_lightning.callbacks.budget import TimeBudget
+from vgg_lightning.callbacks.lookahead import Lookahead
 from vgg_lightning.callbacks.reliability import (
     InterruptCheckpoint,
     LastCheckpoint,
@@ -27,6 +29,7 @@ __all__ = [
     "EpochSummary",
     "InterruptCheckpoint",
     "LastCheckpoint",
+    "Lookahead",
     "NonFiniteLossWatch",
     "PhaseTimer",
     "PredictionReport",

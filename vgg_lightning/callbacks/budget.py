@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from vgg_lightning import quiet, schedules
 from vgg_lightning.callbacks.pacing import SanityTiming
+from vgg_lightning.clock import StepClock, format_duration
 from vgg_lightning.messages import say
 
 # Steps timed before the first plan: the first few (allocation, autotuning) are left out.
@@ -38,9 +39,6 @@ SKIP_STEPS, MEASURE_STEPS = 10, 20
 RESERVE_FRACTION, RESERVE_MIN_S = 0.01, 2.0
 # The plan is refined from the recent step times every this share of the budget (a CPU's speed drifts).
 REPLAN_EVERY = 0.05
-# Schedule length before the first plan when nothing else bounds the run (max_epochs -1): the first plan, a few
-# dozen steps in, resizes it; until then the schedule is in its warm-up either way.
-UNPLANNED_STEPS = 10**9
 LIGHTNING_STOP_MESSAGE = "`Trainer.fit` stopped: "
 
 
@@ -96,14 +94,12 @@ class TimeBudget(SanityTiming):
         self.resumed = False  # going on with a checkpoint's plan, unchanged
         self._saved_seconds: Optional[float] = None  # the budget the checkpoint's plan was made for
         self._first_plan_done = False
-        self._step_times: list[float] = []  # seconds per batch, validations inside an interval taken out
-        self._times_at_plan = 0  # len(_step_times) at the latest plan
+        self._steps = StepClock(clock)  # seconds per batch, validations inside an interval taken out
+        self._times_at_plan = 0  # len(self._steps.times) at the latest plan
         self._next_replan_step: Optional[int] = None  # global step of the next timed re-plan (same on every rank)
-        self._last_batch_start: Optional[float] = None
         self._last_batch_end: Optional[float] = None
         self._val_start: Optional[float] = None
-        self._val_in_interval = 0.0  # validation seconds inside the current batch interval (mid-epoch validation)
-        self._val_in_epoch = 0.0  # mid-epoch validation seconds in the current epoch
+        self._val_in_epoch = 0.0  # validation seconds in the current epoch
         self._epoch_extra_s: Optional[float] = None  # most expensive epoch so far: its end plus mid-epoch validations
         self._epoch_start_step = 0
         self._start_step = 0  # global step when this command's training started
@@ -111,6 +107,14 @@ class TimeBudget(SanityTiming):
         self._user_max_epochs: Optional[int] = None  # the upper bounds given, before plans changed max_epochs
         self._user_max_steps: Optional[int] = None
         self._user_check_val_every: Optional[int] = None
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The model sizes its schedule by ``schedule_steps`` when set (configure_optimizers comes after this hook).
+        # A run that only the budget ends starts with a placeholder length; the first plan sets the real one.
+        no_end = trainer.max_epochs in (None, -1) and trainer.max_steps in (None, -1)
+        if stage == "fit" and no_end and getattr(pl_module, "schedule_steps", 0) is None:
+            pl_module.schedule_steps = schedules.UNPLANNED_STEPS
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -136,7 +140,8 @@ class TimeBudget(SanityTiming):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_start is not None and not trainer.sanity_checking:
             seconds = self.clock() - self._val_start
-            self._val_in_interval += seconds
+            self._val_in_epoch += seconds
+            self._steps.validated(seconds)
             self._val_start = None
 
     @override
@@ -147,23 +152,17 @@ class TimeBudget(SanityTiming):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        now = self.clock()
+        at_epoch_end = self._steps.validated(0.0)  # the validation since the last batch: the epoch's own, at batch 0
+        now = self._steps.batch_start(batch_idx)  # a mid-epoch validation in an interval is not step time
         if batch_idx == 0 and self._last_batch_end is not None:
             # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,
             # plus the validations it ran mid-epoch. The most expensive epoch so far counts.
-            extra = now - self._last_batch_end + self._val_in_epoch
+            extra = now - self._last_batch_end + self._val_in_epoch - at_epoch_end
             self._epoch_extra_s = max(self._epoch_extra_s or 0.0, extra)
-            self._last_batch_start = None
             if not self.resumed:
                 self._plan(trainer, pl_module, at_batch_end=False)
-        elif self._last_batch_start is not None:
-            # A mid-epoch validation ran inside this interval: it is validation time, not step time.
-            self._step_times.append(now - self._last_batch_start - self._val_in_interval)
-            self._val_in_epoch += self._val_in_interval
         if batch_idx == 0:
             self._val_in_epoch = 0.0
-        self._val_in_interval = 0.0
-        self._last_batch_start = now
         if self.planned_steps is not None and trainer.global_step == self.planned_steps - 1:
             self._log_final_lr(trainer)
 
@@ -174,7 +173,7 @@ class TimeBudget(SanityTiming):
         self._last_batch_end = self.clock()
         if not self.resumed:
             # Step counts, not clock readings, decide when to plan: the same on every rank.
-            if not self._first_plan_done and len(self._step_times) - SKIP_STEPS >= MEASURE_STEPS:
+            if not self._first_plan_done and len(self._steps.times) - SKIP_STEPS >= MEASURE_STEPS:
                 self._plan(trainer, pl_module)
             elif (
                 self._next_replan_step is not None
@@ -201,8 +200,10 @@ class TimeBudget(SanityTiming):
             trainer.check_val_every_n_epoch = self._user_check_val_every
         trained = trainer.global_step > self._start_step
         if trained and self.planned_steps is not None and trainer.global_step >= self.planned_steps:
-            what = f"the planned budget of {_fmt(self.seconds)}" if self.seconds else "the resumed run's plan"
-            used = f"; {_fmt(self.clock() - self.started)} used" if self.seconds else ""
+            what = (
+                f"the planned budget of {format_duration(self.seconds)}" if self.seconds else "the resumed run's plan"
+            )
+            used = f"; {format_duration(self.clock() - self.started)} used" if self.seconds else ""
             say(f"{what} ended the run after {trainer.global_step:,} steps{used}")
 
     # -- planning -----------------------------------------------------------------------------------------------
@@ -229,8 +230,9 @@ class TimeBudget(SanityTiming):
 
     def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
         """Rank 0's plan from its own clock and step times (None while nothing was timed)."""
-        recent = self._step_times[max(SKIP_STEPS, self._times_at_plan) :]
-        times = recent if len(recent) >= MEASURE_STEPS else (self._step_times[SKIP_STEPS:] or self._step_times)
+        all_times = self._steps.times
+        recent = all_times[max(SKIP_STEPS, self._times_at_plan) :]
+        times = recent if len(recent) >= MEASURE_STEPS else (all_times[SKIP_STEPS:] or all_times)
         if not times or self.seconds is None:
             return None
         now = self.clock()
@@ -256,7 +258,7 @@ class TimeBudget(SanityTiming):
             "extra_s": extra,
             "used_s": now - self.started,
             "next_replan": done + every,
-            "times": len(self._step_times),
+            "times": len(self._steps.times),
         }
 
     def _plan(self, trainer: L.Trainer, pl_module: L.LightningModule, at_batch_end: bool = True) -> None:
@@ -267,7 +269,7 @@ class TimeBudget(SanityTiming):
             return
         first = not self._first_plan_done
         self._first_plan_done = True
-        self._times_at_plan = len(self._step_times)
+        self._times_at_plan = len(self._steps.times)
         self._next_replan_step = plan["next_replan"]
         self.planned_steps = plan["planned"]
         per_epoch = self._steps_per_epoch(trainer)
@@ -288,9 +290,9 @@ class TimeBudget(SanityTiming):
             what = "budget" if first else "budget re-planned"
             epochs = self.planned_steps / per_epoch
             say(
-                f"{what} {_fmt(self.seconds)}: {self.planned_steps:,} steps = {epochs:.1f} epochs{rate},"
+                f"{what} {format_duration(self.seconds)}: {self.planned_steps:,} steps = {epochs:.1f} epochs{rate},"
                 f" {plan['extra_s']:.1f} s per epoch end (validation, checkpoints);"
-                f" {_fmt(plan['used_s'])} used so far"
+                f" {format_duration(plan['used_s'])} used so far"
             )
 
     @staticmethod
@@ -347,20 +349,14 @@ class TimeBudget(SanityTiming):
         elif self.resumed:
             message = (
                 f"resumed at step {done:,} of a budgeted run: keeping its plan of {self.planned_steps:,} steps"
-                f" ({self.planned_steps - done:,} to go; budget {_fmt(self._saved_seconds or 0)} as before). Another"
+                f" ({self.planned_steps - done:,} to go; budget {format_duration(self._saved_seconds)} as before)."
+                " Another"
                 " --trainer.max_time re-plans the steps left into that time."
             )
         else:
             message = (
                 f"resumed at step {done:,} of a run planned for {self.planned_steps:,} steps"
-                f" ({_fmt(self._saved_seconds or 0)}): re-planning the steps left into the new budget of"
-                f" {_fmt(self.seconds)}, counted from this command's start"
+                f" ({format_duration(self._saved_seconds or 0)}): re-planning the steps left into the new budget of"
+                f" {format_duration(self.seconds)}, counted from this command's start"
             )
         say(message)
-
-
-def _fmt(seconds: Optional[float]) -> str:
-    seconds = max(0.0, seconds or 0.0)
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min {seconds % 60:02.0f} s" if seconds % 60 >= 1 else f"{int(seconds // 60)} min"
-    return f"{seconds:.1f} s"

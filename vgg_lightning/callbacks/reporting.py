@@ -17,8 +17,10 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from vgg_lightning.callbacks.pacing import SanityTiming
+from vgg_lightning.clock import StepClock, format_duration
 from vgg_lightning.files import display_name, write_text_atomically
 from vgg_lightning.messages import say
+from vgg_lightning.metrics import EvalReport
 
 
 def seed_lines(labels: torch.Tensor, preds: torch.Tensor, names: list[str], count: int = 64) -> list[str]:
@@ -183,8 +185,7 @@ class RunForecast(SanityTiming):
 
     def __init__(self, skip: int = 10, measure: int = 20, min_s: float = 120.0, clock=time.perf_counter) -> None:
         self.skip, self.measure, self.min_s, self.clock = skip, measure, min_s, clock
-        self._intervals: list[float] = []
-        self._last: Optional[float] = None
+        self._steps = StepClock(clock)
         self._done = False
         self._started = clock()
 
@@ -199,11 +200,8 @@ class RunForecast(SanityTiming):
         if any(isinstance(cb, TimeBudget) for cb in trainer.callbacks) or trainer.fast_dev_run:
             self._done = True
             return
-        now = self.clock()
-        if batch_idx > 0 and self._last is not None:  # within an epoch: no validation in between
-            self._intervals.append(now - self._last)
-        self._last = now
-        if len(self._intervals) >= self.skip + self.measure:
+        now = self._steps.batch_start(batch_idx)
+        if len(self._steps.times) >= self.skip + self.measure:
             self._done = True
             self._forecast(trainer, now)
 
@@ -212,7 +210,8 @@ class RunForecast(SanityTiming):
         if not math.isfinite(steps):
             return
         accumulate = max(1, int(trainer.accumulate_grad_batches))
-        batch_s = sum(self._intervals[self.skip :]) / len(self._intervals[self.skip :])
+        timed = self._steps.times[self.skip :]
+        batch_s = sum(timed) / len(timed)
         per_epoch = max(1, int(trainer.num_training_batches))
         batches_left = max(0, int(steps) * accumulate - trainer.global_step * accumulate)
         epochs = math.ceil(int(steps) * accumulate / per_epoch)
@@ -223,7 +222,8 @@ class RunForecast(SanityTiming):
             return
         images = getattr(trainer.datamodule, "hparams", {}).get("batch_size", 0) * trainer.world_size
         rate = f", {images / batch_s:,.0f} img/s" if images else ""
-        line = f"expected: about {_duration(total)} for {epochs} epochs ({int(steps):,} steps at {batch_s:.3f} s{rate})"
+        expected = format_duration(total, whole_minutes=True)
+        line = f"expected: about {expected} for {epochs} epochs ({int(steps):,} steps at {batch_s:.3f} s{rate})"
         if trainer.strategy.root_device.type == "cpu" and total > 15 * 60:
             line += (
                 ". On this CPU, `--config configs/cpu.yaml` trains the best VGG that fits in 15 minutes, and"
@@ -232,24 +232,17 @@ class RunForecast(SanityTiming):
         say(line)
 
 
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{max(1, minutes)} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def format_report(report: dict) -> str:
+def format_report(report: EvalReport) -> str:
     """The test table: overall loss/top-1/top-5, then per-class accuracy with class names."""
     lines = [
-        f"Test results on {report['num_images']} images",
-        f"  {'loss':<14s} {report['loss']:.4f}",
-        f"  {'top-1 accuracy':<14s} {100 * report['acc']:.2f} %",
+        f"Test results on {report.num_images} images",
+        f"  {'loss':<14s} {report.loss:.4f}",
+        f"  {'top-1 accuracy':<14s} {100 * report.acc:.2f} %",
     ]
-    if "acc_top5" in report:
-        lines.append(f"  {'top-5 accuracy':<14s} {100 * report['acc_top5']:.2f} %")
+    if report.acc_top5 is not None:
+        lines.append(f"  {'top-5 accuracy':<14s} {100 * report.acc_top5:.2f} %")
     lines.append("  per class:")
-    for name, acc in report["per_class"].items():
+    for name, acc in report.per_class.items():
         lines.append(f"    {name:<14s} {100 * acc:6.2f} %")
     return "\n".join(lines)
 
@@ -262,12 +255,11 @@ class TestReport(Callback):
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        report = dict(getattr(pl_module, "last_report", {}) or {})
+        report = getattr(pl_module, "last_report", None)
         out_dir = run_folder(trainer)
-        if report.get("stage") != "test" or not trainer.is_global_zero:
+        if not isinstance(report, EvalReport) or report.stage != "test" or not trainer.is_global_zero:
             return
         print(format_report(report), flush=True)
-        report.pop("stage")
-        report["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
-        self.json_path = write_into_run(out_dir, "test_metrics.json", json.dumps(report, indent=2))
+        values = {**report.as_dict(), "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None}
+        self.json_path = write_into_run(out_dir, "test_metrics.json", json.dumps(values, indent=2))
         print(f"Test metrics written to {self.json_path}", flush=True)

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from vgg_lightning.callbacks.pacing import Pace
 from vgg_lightning.data.augment import denormalize
+from vgg_lightning.metrics import EvalReport
 
 
 def prediction_grid(images: torch.Tensor, preds: list[int], labels: list[int], names: list[str], cols: int = 4):
@@ -151,14 +152,14 @@ class ValidationVisuals(Callback):
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        report = getattr(pl_module, "last_report", {})
-        if not self.drawing or report.get("stage") != "val":
+        report = getattr(pl_module, "last_report", None)
+        if not self.drawing or not isinstance(report, EvalReport) or report.stage != "val":
             return
         t0 = time.perf_counter()
         tb = self._tensorboard(trainer)
-        names = report["class_names"]
+        names = report.class_names
         step = trainer.global_step
         if self.images is not None:
             tb.add_figure("val/predictions", prediction_grid(self.images, self.preds, self.labels, names), step)
-        tb.add_figure("val/confusion_matrix", confusion_figure(report["confusion"], names), step)
+        tb.add_figure("val/confusion_matrix", confusion_figure(report.confusion, names), step)
         self.pace.ran(time.perf_counter() - t0)

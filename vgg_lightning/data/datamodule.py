@@ -285,13 +285,18 @@ class ImageDataModule(L.LightningDataModule):
             + f" (cache in {self.cache_dir}, {time.perf_counter() - t0:.1f} s)"
         )
 
+    def _checked_val_size(self, images: int) -> int:
+        """``val_size``, when it leaves training images; else one message naming both counts."""
+        val_size = self.hparams.val_size
+        if val_size >= images:
+            raise ConfigError(
+                f"data.val_size ({val_size}) must be smaller than the {images} training images in {self.data_dir}"
+            )
+        return val_size
+
     def split(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[Split, Split]:
         """(train, val) by a permutation seeded with ``split_seed``: disjoint, complete, repeatable."""
-        val_size = self.hparams.val_size
-        if val_size >= len(labels):
-            raise ConfigError(
-                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images in {self.data_dir}"
-            )
+        val_size = self._checked_val_size(len(labels))
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val_idx, train_idx = order[:val_size], order[val_size:]
         return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
@@ -301,11 +306,7 @@ class ImageDataModule(L.LightningDataModule):
         ``split_seed``: the ``val_size`` files with the smallest hashes validate. Adding or removing a file moves
         no other file, except that one file crosses over when the change falls inside the validation set (the set
         keeps its size), so a resumed run does not train on the images it validated on before."""
-        val_size = self.hparams.val_size
-        if val_size >= len(labels):
-            raise ConfigError(
-                f"data.val_size ({val_size}) must be smaller than the {len(labels)} training images in {self.data_dir}"
-            )
+        val_size = self._checked_val_size(len(labels))
         seed = self.hparams.split_seed
         # NFC: the same file gets the same side on macOS (NFD names) and elsewhere
         keys = [
@@ -318,6 +319,12 @@ class ImageDataModule(L.LightningDataModule):
         val_idx = torch.tensor(sorted(order[:val_size]), dtype=torch.long)
         train_idx = torch.tensor(sorted(order[val_size:]), dtype=torch.long)
         return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+    def training_sample(self, count: int) -> torch.Tensor:
+        """The first ``count`` training images as the model sees them (normalized float, on the CPU): for starts
+        computed from the data (``model.whiten``)."""
+        assert self.train_set is not None and self.mean and self.std, "setup('fit') has not run"
+        return normalize(self.train_set[0][:count].cpu(), self.mean, self.std)
 
     def _data_device(self) -> torch.device:
         trainer = self.trainer

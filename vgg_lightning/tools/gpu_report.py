@@ -1,6 +1,6 @@
 """The GPU measurements the recipes need, as one prepared run (for a machine with a GPU, minutes counted).
 
-    python -m vgg_lightning.gpu_report --data_dir DIR --out OUT_DIR
+    python -m vgg_lightning.tools.gpu_report --data_dir DIR --out OUT_DIR
 
 Runs, each timed from the shell's point of view (start-up and imports included) with its output in OUT_DIR:
 the bench (Lightning vs a plain loop, batch 512, bf16; fused SGD on and off), ``fit`` with ``configs/fast.yaml``
@@ -40,7 +40,7 @@ def _fit(config: Optional[str], data_dir: str) -> list[str]:
 def runs(data_dir: str) -> dict[str, list[str]]:
     bench = [
         "-m",
-        "vgg_lightning.bench",
+        "vgg_lightning.tools.bench",
         "--batch_size",
         "512",
         "--precision",

@@ -1,9 +1,9 @@
 """Lightning's ``fit`` path against a minimal hand-written PyTorch loop, same model and data path.
 
-    python -m vgg_lightning.bench                      # synthetic uint8 images
-    python -m vgg_lightning.bench --data_dir data   # CIFAR files, or a class-folder tree
-    python -m vgg_lightning.bench --stages true  # and the step's time stage by stage
-    python -m vgg_lightning.bench --help
+    python -m vgg_lightning.tools.bench                      # synthetic uint8 images
+    python -m vgg_lightning.tools.bench --data_dir data   # CIFAR files, or a class-folder tree
+    python -m vgg_lightning.tools.bench --stages true  # and the step's time stage by stage
+    python -m vgg_lightning.tools.bench --help
 
 Both loops train the same network with the same batch size, optimizer (Nesterov SGD, per-step OneCycle),
 precision, memory format and on-device augmentation, from the same in-memory uint8 loader. After ``warmup``
@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from vgg_lightning import muon
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.datamodule import STATS, ImageDataModule
 from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.models import build_model
 from vgg_lightning.module import VGGClassifier
+from vgg_lightning.optim import build_optimizer
 from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 
 
@@ -104,9 +104,7 @@ def _network(cfg: dict, device: torch.device) -> torch.nn.Module:
     """The benchmark's VGG-BN (as ``fit`` builds it from the same options), on ``device`` in its memory format."""
     model = build_model(
         cfg["arch"],
-        10,
-        True,
-        cfg["width"],
+        width=cfg["width"],
         stage_widths=cfg["stage_widths"],
         activation=cfg["activation"],
         pool_before_bn=cfg["pool_before_bn"],
@@ -121,19 +119,8 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
         torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
     model = _network(cfg, device)
     fwd = torch.compile(model) if cfg["compile"] else model
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    if cfg["optimizer"] == "muon":  # as VGGClassifier builds it: the filters orthogonal, the rest SGD
-        groups = muon.param_groups(decay, no_decay, muon_lr=0.015, weight_decay=5e-4)
-        opt = muon.MuonSGD(groups, lr=cfg["lr"], momentum=0.9, ns_dtype=muon.ns_dtype(device.type))
-    else:
-        opt = torch.optim.SGD(
-            [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg["lr"],
-            momentum=0.9,
-            nesterov=True,
-            fused=cfg["fused"] or None,
-        )
+    # as VGGClassifier builds it (optim.py): Muon for the filters at cpu.yaml's rate, or Nesterov SGD
+    opt = build_optimizer(model, device.type, cfg["optimizer"], lr=cfg["lr"], muon_lr=0.015, fused=cfg["fused"])
     total = cfg["warmup"] + cfg["steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, cycle_momentum=False)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"].startswith("16"))

@@ -1,6 +1,6 @@
 """Which test-time views pay: every shift of the validation images, and its mirror, through trained models.
 
-    python -m vgg_lightning.tta_views RUN/checkpoints/last.ckpt [MORE.ckpt ...] [--data_dir DIR] [--max_shift 2]
+    python -m vgg_lightning.tools.tta_views RUN/checkpoints/last.ckpt [MORE.ckpt ...] [--data_dir DIR] [--max_shift 2]
 
 Each checkpoint's validation split is rebuilt from the data options saved in it (``--data_dir`` where the data
 has moved since). The logits of every shift by -max_shift..max_shift pixels in both directions (reflected
@@ -14,15 +14,15 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from vgg_lightning import tta
+from vgg_lightning.checkpoints import read as read_checkpoint
 from vgg_lightning.data.augment import normalize
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError
 from vgg_lightning.module import VGGClassifier
 from vgg_lightning.precision import auto_precision, prefers_channels_last
-
-Views = list[tuple[float, tuple[int, int]]]  # (weight, (dy, dx)) of each shift; a shift's mirror pair is averaged
+from vgg_lightning.tta import Views
 
 
 def view_sets(max_shift: int) -> dict[str, Views]:
@@ -31,10 +31,10 @@ def view_sets(max_shift: int) -> dict[str, Views]:
     axes = [(1, 0), (-1, 0), (0, 1), (0, -1)]
     grid = range(-max_shift, max_shift + 1)
     sets: dict[str, Views] = {
-        "tta_shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4": [(0.5, (0, 0)), (0.25, (-2, -2)), (0.25, (2, 2))],
-        "mirror only (tta_shift 0)": [(1.0, (0, 0))],
+        "tta_shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4": tta.views(2),
+        "mirror only (tta_shift 0)": tta.views(0),
         "tta_shift 2's views, equal weights": [(1 / 3, (0, 0)), (1 / 3, (-2, -2)), (1 / 3, (2, 2))],
-        "tta_shift 1: (0,0) 1/2, (-1,-1) and (1,1) 1/4": [(0.5, (0, 0)), (0.25, (-1, -1)), (0.25, (1, 1))],
+        "tta_shift 1: (0,0) 1/2, (-1,-1) and (1,1) 1/4": tta.views(1),
         "(0,0) 1/2, 4 diagonal shifts of 1, 1/8 each": [(0.5, (0, 0))] + [(0.125, s) for s in diag],
         "(0,0) 1/2, 4 diagonal shifts of 2, 1/8 each": [(0.5, (0, 0))] + [(0.125, (2 * a, 2 * b)) for a, b in diag],
         "(0,0) 1/2, 4 shifts of 2 along the axes, 1/8 each": [(0.5, (0, 0))]
@@ -56,16 +56,15 @@ def shifted_logits(
     device = model.device
     bf16 = auto_precision(device.type) == "bf16-mixed"
     fmt = torch.channels_last if prefers_channels_last(device) else torch.contiguous_format
-    net = model.eval_net().to(memory_format=fmt).eval()
+    net = model.net.to(memory_format=fmt).eval()
     m = max_shift
     out: dict[tuple[int, int, bool], list[torch.Tensor]] = {}
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device), mean, std)
-        padded = F.pad(x, (m, m, m, m), mode="reflect") if m else x
-        h, w = x.shape[-2:]
+        padded = tta.pad(x, m)
         for dy in range(-m, m + 1):
             for dx in range(-m, m + 1):
-                view = padded[..., m + dy : m + dy + h, m + dx : m + dx + w].contiguous(memory_format=fmt)
+                view = tta.shifted(padded, dy, dx, m, x.shape[-2:]).contiguous(memory_format=fmt)
                 for mirrored in (False, True):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         logits = net(view.flip(3) if mirrored else view)
@@ -107,12 +106,9 @@ def run(checkpoints: list[str], data_dir: str | None = None, max_shift: int = 2)
     for path in checkpoints:
         if not Path(path).is_file():
             raise ConfigError(f"checkpoint '{path}' does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        images, labels = _validation_split(ckpt, data_dir)
+        images, labels = _validation_split(read_checkpoint(path), data_dir)
         model = VGGClassifier.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
-        mean, std = ckpt.get("normalization") or (None, None)
-        if mean is None:
-            raise ConfigError(f"{path} holds no normalization (written by an older version?)")
+        mean, std = model.normalization()  # the run's own, from the data module's state in the checkpoint
         logits = shifted_logits(model, images, mean, std, max_shift)
         for name, views in sets.items():
             table[name].append(accuracy(logits, labels, views))
@@ -133,7 +129,7 @@ def main(args: list[str] | None = None) -> None:
 
     from vgg_lightning.errors import report
 
-    parser = ArgumentParser(prog="python -m vgg_lightning.tta_views", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m vgg_lightning.tools.tta_views", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoints written by fit")
     parser.add_function_arguments(run, skip={"checkpoints"})
     cfg = parser.parse_args(args)
