@@ -66,9 +66,7 @@ def test_default_root_dir_moves_runs(cifar10_dir, tmp_path, monkeypatch, capsys)
 
 def test_evaluation_defaults_to_the_newest_best_and_says_so(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:  # no run yet: one message, no random-weight table
-        main(["test", *tiny(cifar10_dir)])
-    assert e.value.code == 2
+    assert main(["test", *tiny(cifar10_dir)]) == 2  # no run yet: one message, no random-weight table
     err = capsys.readouterr().err
     assert "train one with `python -m vgg_lightning fit` first" in err and "--ckpt_path" in err
     assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")]) == 0
@@ -117,3 +115,26 @@ def test_loader_state_resumes_mid_epoch():
     rest = [y for _, y in resumed]
     assert all(torch.equal(a, b) for a, b in zip(seen + rest, order)) and len(seen + rest) == 10
     assert len([y for _, y in resumed]) == 10  # the next iteration is a whole epoch again
+
+
+def test_a_message_during_a_progress_bar_gets_a_line_of_its_own(monkeypatch):
+    """The forecast line ("expected: about ...") is said a few dozen steps into the first epoch, while the bar is
+    drawn: on a terminal both streams share the screen, and the message must not land inside the bar's line."""
+    import io
+
+    from tqdm import tqdm
+
+    from vgg_lightning.messages import say
+
+    screen = io.StringIO()  # stdout (the bar) and stderr (the message) on one terminal
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    bar = tqdm(total=100, file=sys.stdout, ncols=60, mininterval=0)
+    bar.update(30)
+    say("expected: about 1 h 10 min for 40 epochs")
+    bar.update(10)
+    bar.close()
+    text = screen.getvalue()
+    before, after = text.split("expected: about 1 h 10 min for 40 epochs\n")
+    assert before.rstrip(" ").endswith("\r")  # the bar's line was cleared first: the message starts its own line
+    assert "40/100" in after  # and the bar goes on below it

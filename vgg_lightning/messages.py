@@ -14,11 +14,18 @@ log = logging.getLogger("vgg_lightning")
 
 
 class _Stderr(logging.Handler):
-    """Writes each message as it is, to whatever ``sys.stderr`` is at that moment (tests and tools swap it)."""
+    """Writes each message as it is, to whatever ``sys.stderr`` is at that moment (tests and tools swap it). While
+    a progress bar is drawn, through the bar (``tqdm.write``): the message gets a line of its own above the bar
+    instead of landing in the middle of the bar's line."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            text = self.format(record)
+            bars = sys.modules.get("tqdm")
+            if bars is not None and getattr(bars.tqdm, "_instances", None):
+                bars.tqdm.write(text, file=sys.stderr)
+            else:
+                sys.stderr.write(text + "\n")
             sys.stderr.flush()
         except Exception:
             self.handleError(record)

@@ -63,3 +63,6 @@ def silence_upstream_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r"Precision .* is not supported by the model summary", category=UserWarning
     )
+    # Small data sets have fewer batches an epoch than the logging interval: the model then logs its step loss once
+    # an epoch (VGGClassifier.on_train_start shortens the interval to the epoch), which is what the user wants.
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
