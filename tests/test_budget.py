@@ -135,7 +135,7 @@ def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_
     torch.manual_seed(0)
     clock = FakeClock()
     budget = TimeBudget(seconds, started=0.0, clock=clock)  # seconds None: resumed without a budget
-    model = VGGClassifier(arch="vgg11", width=0.125, lr=0.05, schedule="onecycle", warmup=0.2)
+    model = VGGClassifier(net=dict(arch="vgg11", width=0.125), optim=dict(lr=0.05, schedule="onecycle", warmup=0.2))
     data = ImageDataModule(data_dir=str(data_dir), download=False, val_size=40, batch_size=16)  # 10 steps an epoch
     callbacks = [clock, budget, L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True)]
     if stop_after is not None:
@@ -213,7 +213,9 @@ def test_a_real_short_budget_ends_in_time_and_annealed(cifar10_dir, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)
     started = time.monotonic()
-    args = tiny(cifar10_dir, "--trainer.max_time", "00:00:00:40", "--trainer.max_epochs", "1000", "--model.lr", "0.05")
+    args = tiny(
+        cifar10_dir, "--trainer.max_time", "00:00:00:40", "--trainer.max_epochs", "1000", "--model.optim.lr", "0.05"
+    )
     assert main(["fit", *args], started=started) == 0
     took = time.monotonic() - started
     assert 0.9 * 40 <= took <= 1.03 * 40, took
@@ -234,7 +236,7 @@ def test_a_long_run_without_a_budget_says_how_long_it_will_take(cifar10_dir, tmp
     from .helpers import StopAfterEpoch
 
     clock = FakeClock()  # 1 s a step, 10 steps an epoch
-    model = VGGClassifier(arch="vgg11", width=0.125)
+    model = VGGClassifier(net=dict(arch="vgg11", width=0.125))
     callbacks = [clock, RunForecast(clock=clock), StopAfterEpoch(4)]
     fit_tiny(cifar10_dir, model, callbacks, max_epochs=100, num_sanity_val_steps=0)
     err = capsys.readouterr().err
@@ -258,7 +260,7 @@ def test_the_forecast_leaves_the_warm_up_out_of_validation_time(cifar10_dir, tmp
 
     clock = WarmUpClock()
     forecast = RunForecast(clock=clock)
-    model = VGGClassifier(arch="vgg11", width=0.125)
+    model = VGGClassifier(net=dict(arch="vgg11", width=0.125))
     fit_tiny(cifar10_dir, model, [clock, forecast, StopAfterEpoch(4)], max_epochs=100, num_sanity_val_steps=2)
     assert forecast.sanity_s_per_batch == pytest.approx(0.1)
     # Forecast in epoch 4 (after 30 timed steps), 115 s in: 966 steps left at 1 s, 97 validations of 3 batches at

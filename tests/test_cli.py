@@ -73,7 +73,7 @@ def test_fit_writes_the_run(trained_run):
 def test_checkpoint_rebuilds_the_model(trained_run):
     path = trained_run / "checkpoints" / "last.ckpt"
     model = VGGClassifier.load_from_checkpoint(path, weights_only=True)
-    assert model.hparams.arch == "vgg11" and model.hparams.width == 0.125
+    assert model.net_options.arch == "vgg11" and model.net_options.width == 0.125
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
@@ -139,7 +139,7 @@ def test_help_and_print_config(workdir):
     assert r.returncode == 0
     for sub in ("fit", "validate", "test", "predict"):
         assert sub in r.stdout
-    r = run_cli_to_end("fit", "--print_config", "--model.lr", "0.05", cwd=workdir)
+    r = run_cli_to_end("fit", "--print_config", "--model.optim.lr", "0.05", cwd=workdir)
     assert r.returncode == 0
     assert "arch: vgg16" in r.stdout and "lr: 0.05" in r.stdout and "dataset: cifar10" in r.stdout
 
@@ -147,15 +147,15 @@ def test_help_and_print_config(workdir):
 @pytest.mark.parametrize(
     "option",
     [
-        ["--model.arch", "vgg15"],
+        ["--model.net.arch", "vgg15"],
         ["--data.batch_size", "0"],
-        ["--model.lr", "-0.1"],
+        ["--model.optim.lr", "-0.1"],
         ["--data.dataset", "mnist"],
-        ["--model.optimizer", "rmsprop"],
-        ["--model.stage_widths", "[1, 0.5]"],
-        ["--model.optimizer", "muon", "--model.batch_norm", "false"],
-        ["--model.muon_momentum", "0.6"],  # without --model.optimizer muon
-        ["--model.activation", "gelu", "--model.arch", "blog_vgg16"],
+        ["--model.optim.name", "rmsprop"],
+        ["--model.net.stage_widths", "[1, 0.5]"],
+        ["--model.optim.name", "muon", "--model.net.batch_norm", "false"],
+        ["--model.optim.muon_momentum", "0.6"],  # without --model.optim.name muon
+        ["--model.net.activation", "gelu", "--model.net.arch", "blog_vgg16"],
     ],
 )
 def test_bad_options_exit_2(option, workdir):

@@ -8,11 +8,12 @@ from .helpers.runs import ddp_args, finish, ranks, run_cli
 OPTION_SETS = {
     # every model and data option of cpu.yaml, fast.yaml and default.yaml, the rest of the speed-run ones, Lookahead
     "options_and_lookahead": [
-        "--model.optimizer", "muon", "--model.muon_momentum", "0.6", "--model.bn_bias_lr", "0.4",
-        "--model.whiten", "frozen", "--model.dirac", "true", "--model.pool_before_bn", "true",
-        "--model.stage_widths", "[1, 1, 1, 1, 0.5]", "--model.activation", "gelu", "--model.bn_scale", "false",
-        "--model.label_smoothing", "0.1", "--model.tta_flip", "final", "--model.tta_shift", "2",
-        "--model.compile", "false", "--model.schedule", "linear", "--model.warmup", "0.1",
+        "--model.optim.name", "muon", "--model.optim.muon_momentum", "0.6", "--model.optim.bn_bias_lr", "0.4",
+        "--model.net.whiten", "frozen", "--model.net.dirac", "true", "--model.net.pool_before_bn", "true",
+        "--model.net.stage_widths", "[1, 1, 1, 1, 0.5]", "--model.net.activation", "gelu",
+        "--model.net.bn_scale", "false",
+        "--model.label_smoothing", "0.1", "--model.tta.flip", "final", "--model.tta.shift", "2",
+        "--model.compile", "false", "--model.optim.schedule", "linear", "--model.optim.warmup", "0.1",
         "--data.flip", "alternate", "--data.cutout", "4", "--data.padding_mode", "reflect",
         "--trainer.callbacks+=vgg_lightning.callbacks.Lookahead", "--trainer.callbacks.decay", "0.9",
         "--trainer.callbacks.every", "2",
@@ -20,7 +21,7 @@ OPTION_SETS = {
     # an EMA of the weights: Lightning's callback, with the recipe's own options
     "ema": [
         "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9",
-        "--model.optimizer", "muon", "--model.whiten", "frozen", "--model.tta_flip", "final",
+        "--model.optim.name", "muon", "--model.net.whiten", "frozen", "--model.tta.flip", "final",
     ],
 }  # fmt: skip
 

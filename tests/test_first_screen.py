@@ -36,7 +36,7 @@ def test_first_screen_is_the_users_run(cifar10_dir, tmp_path):
 def test_vgg16_summary_counts_its_flops():
     from lightning.pytorch.utilities.model_summary import ModelSummary
 
-    summary = ModelSummary(VGGClassifier(arch="vgg16"), max_depth=1)
+    summary = ModelSummary(VGGClassifier(net=dict(arch="vgg16")), max_depth=1)
     assert summary.total_flops == pytest.approx(2 * 0.314e9, rel=0.03)  # 0.31 GMAC for one 32x32 image
 
 

@@ -32,7 +32,7 @@ def test_orthogonalize_gives_the_polar_factor_within_muons_tolerance(shape):
 
 @pytest.mark.parametrize("filter_momentum", [None, 0.6])
 def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds(filter_momentum):
-    """By hand over 3 steps; the filters' own momentum (``--model.muon_momentum``) leaves the rest at 0.9."""
+    """By hand over 3 steps; the filters' own momentum (``--model.optim.muon_momentum``) leaves the rest at 0.9."""
     torch.manual_seed(0)
     fm = 0.9 if filter_momentum is None else filter_momentum
     conv, bn = torch.nn.Conv2d(8, 16, 3), torch.nn.BatchNorm2d(16)
@@ -72,9 +72,12 @@ def test_filters_take_normalized_orthogonal_steps_and_the_rest_sgds(filter_momen
 
 def test_muon_fit_steps_only_trained_filters_orthogonally(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["--trainer.max_epochs", "1", "--model.optimizer", "muon", "--model.whiten", "frozen"]
+    args = ["--trainer.max_epochs", "1", "--model.optim.name", "muon", "--model.net.whiten", "frozen"]
     # The filters' own momentum, with none for the rest: the filters' steps stay Nesterov
-    assert main(["fit", *tiny(cifar10_dir, *args, "--model.muon_momentum", "0.6", "--model.momentum", "0")]) == 0
+    assert (
+        main(["fit", *tiny(cifar10_dir, *args, "--model.optim.muon_momentum", "0.6", "--model.optim.momentum", "0")])
+        == 0
+    )
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     model = VGGClassifier.load_from_checkpoint(
@@ -90,4 +93,4 @@ def test_muon_fit_steps_only_trained_filters_orthogonally(cifar10_dir, tmp_path,
     # peak, less on the schedule's way down): it ends within a few percent of that norm.
     for w in convs[1:]:
         assert abs(w.norm() / math.sqrt(len(w)) - 1) < 0.05
-    assert model.hparams.optimizer == "muon"
+    assert model.optim_options.name == "muon"

@@ -83,7 +83,7 @@ def fill(disk: Path, leave: int) -> None:
 
 def test_a_full_disk_keeps_the_earlier_checkpoints_whole(cifar10_dir, small_disk, monkeypatch, capsys):
     monkeypatch.chdir(small_disk)
-    args = fit_short(cifar10_dir, "--model.schedule", "constant")
+    args = fit_short(cifar10_dir, "--model.optim.schedule", "constant")
     assert main([*args, "--trainer.max_epochs", "1"]) == 0
     folder = small_disk / "lightning_logs" / "version_0" / "checkpoints"
     before = snapshot(folder)
@@ -188,7 +188,7 @@ def test_a_refused_resume_writes_nothing(cifar10_dir, tmp_path, monkeypatch, cap
 # -- the resumed run's screen --------------------------------------------------------------------------------------
 def test_resumed_runs_report_their_epochs_right(cifar10_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["fit", *tiny(cifar10_dir, "--model.schedule", "constant")]
+    args = ["fit", *tiny(cifar10_dir, "--model.optim.schedule", "constant")]
     assert main([*args, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.helpers.SigtermAt"]) == 143
     capsys.readouterr()
     t0 = time.perf_counter()

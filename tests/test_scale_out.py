@@ -27,7 +27,7 @@ def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):
             "00:00:00:40",
             "--trainer.max_epochs",
             "1000",
-            "--model.lr",
+            "--model.optim.lr",
             "0.05",
             "--trainer.callbacks+=tests.helpers.RecordRank",
         ),

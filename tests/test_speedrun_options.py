@@ -16,8 +16,8 @@ from .helpers.runs import fit_tiny, tiny
 def test_shift_tta_averages_six_views_with_airbench_weights():
     torch.manual_seed(0)
     x = torch.randn(3, 3, 32, 32)
-    plain = VGGClassifier(arch="vgg11", width=0.125).eval()
-    tta = VGGClassifier(arch="vgg11", width=0.125, tta_flip=True, tta_shift=1).eval()
+    plain = VGGClassifier(net=dict(arch="vgg11", width=0.125)).eval()
+    tta = VGGClassifier(net=dict(arch="vgg11", width=0.125), tta=dict(flip=True, shift=1)).eval()
     tta.load_state_dict(plain.state_dict())
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     views = [x, padded[..., :32, :32], padded[..., 2:, 2:]]  # unshifted, moved down-right, moved up-left
@@ -26,12 +26,14 @@ def test_shift_tta_averages_six_views_with_airbench_weights():
         expected = pair[0] / 2 + pair[1] / 4 + pair[2] / 4
         assert torch.allclose(tta.predict_logits(x), expected, atol=1e-5)
     assert (plain.tta_passes(), tta.tta_passes()) == (1, 6)
-    assert VGGClassifier(arch="vgg11", width=0.125, tta_flip="final").tta_passes() == 2
-    assert VGGClassifier(arch="vgg11", width=0.125, tta_shift=1).tta_passes() == 1  # shifts ride on flip TTA
+    assert VGGClassifier(net=dict(arch="vgg11", width=0.125), tta=dict(flip="final")).tta_passes() == 2
+    assert (
+        VGGClassifier(net=dict(arch="vgg11", width=0.125), tta=dict(shift=1)).tta_passes() == 1
+    )  # shifts ride on flip TTA
 
 
 def test_dirac_start_passes_input_channels_through():
-    model = VGGClassifier(arch="vgg11", width=0.25, dirac=True).net
+    model = VGGClassifier(net=dict(arch="vgg11", width=0.25, dirac=True)).net
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     first, second = convs[0], convs[1]  # 3 -> 16, 16 -> 32 channels
     x = torch.randn(2, first.out_channels, 8, 8)
@@ -40,7 +42,7 @@ def test_dirac_start_passes_input_channels_through():
     assert torch.allclose(y[:, : first.out_channels], x, atol=1e-6)  # identity on the first in_channels filters
     assert y[:, first.out_channels :].abs().sum() > 0  # the rest keep their random start
     assert not torch.allclose(first.weight, torch.zeros_like(first.weight))
-    assert dirac_init(VGGClassifier(arch="vgg11", width=0.25).net) == len(convs) - 1  # never the first conv
+    assert dirac_init(VGGClassifier(net=dict(arch="vgg11", width=0.25)).net) == len(convs) - 1  # never the first conv
 
 
 def test_whitening_makes_the_patch_covariance_the_identity():
@@ -65,13 +67,13 @@ def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, mo
         cifar10_dir,
         "--trainer.max_epochs",
         "1",
-        "--model.whiten",
+        "--model.net.whiten",
         "frozen",
-        "--model.bn_scale",
+        "--model.net.bn_scale",
         "false",
-        "--model.bn_momentum",
+        "--model.net.bn_momentum",
         "0.4",
-        "--model.bn_eps",
+        "--model.net.bn_eps",
         "1e-12",
     )
     assert main(["fit", *args]) == 0
@@ -83,7 +85,7 @@ def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, mo
 
     dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
     dm.setup("fit")
-    expected = VGGClassifier(arch="vgg11", width=0.125).net
+    expected = VGGClassifier(net=dict(arch="vgg11", width=0.125)).net
     whiten_init(first_conv(expected), normalize(dm.train_set[0][:5000], dm.mean, dm.std))
     k = first_conv(expected).out_channels // 2
     assert torch.allclose(first_conv(model.net).weight[:k], first_conv(expected).weight[:k], atol=1e-6)
@@ -95,7 +97,7 @@ def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, mo
 
 def test_trained_whitening_moves(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.whiten", "trained")]) == 0
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.net.whiten", "trained")]) == 0
     model = VGGClassifier.load_from_checkpoint(
         tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True
     )
@@ -122,7 +124,7 @@ def test_lookahead_resets_the_weights_to_the_slow_copy_and_ends_on_it(cifar10_di
         def on_train_end(self, trainer, pl_module):
             self.record(trainer, pl_module)
 
-    model = VGGClassifier(arch="vgg11", width=0.125, lr=0.05)
+    model = VGGClassifier(net=dict(arch="vgg11", width=0.125), optim=dict(lr=0.05))
     lookahead = Lookahead(decay=0.95, every=3)
     fit_tiny(cifar10_dir, model, [Watch(), lookahead], max_epochs=1)
     steps = [s for s, _ in seen]
@@ -147,18 +149,20 @@ def test_the_budget_reserves_the_final_evaluations_extra_passes():
     budget.sanity_s_per_batch = 0.5  # one plain pass over a validation batch
 
     def reserve(**options):
-        module = VGGClassifier(arch="vgg11", width=0.125, **options)
+        module = VGGClassifier(net=dict(arch="vgg11", width=0.125), **options)
         return budget._final_extra_s(SimpleNamespace(lightning_module=module, num_val_batches=[4]))
 
-    assert reserve(tta_flip="final") == 0.5 * 4 * 1  # the mirror
-    assert reserve(tta_flip="final", tta_shift=1) == 0.5 * 4 * 5  # mirror and two shifted pairs
-    assert reserve(tta_flip=True, tta_shift=1) == 0.0  # every validation pays it, the sanity check included
-    assert reserve(tta_flip=False) == 0.0
+    assert reserve(tta=dict(flip="final")) == 0.5 * 4 * 1  # the mirror
+    assert reserve(tta=dict(flip="final", shift=1)) == 0.5 * 4 * 5  # mirror and two shifted pairs
+    assert reserve(tta=dict(flip=True, shift=1)) == 0.0  # every validation pays it, the sanity check included
+    assert reserve(tta=dict(flip=False)) == 0.0
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "muon", "adamw"])
 def test_bn_bias_lr_gives_the_bn_shifts_a_group_of_their_own(optimizer):
-    model = VGGClassifier(arch="vgg11", width=0.125, optimizer=optimizer, schedule="constant", bn_bias_lr=3.2)
+    model = VGGClassifier(
+        net=dict(arch="vgg11", width=0.125), optim=dict(name=optimizer, schedule="constant", bn_bias_lr=3.2)
+    )
     groups = model.configure_optimizers().param_groups
     shifts = [m.bias for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     others = [[id(p) for p in g["params"]] for g in groups[:-1]]
@@ -166,17 +170,17 @@ def test_bn_bias_lr_gives_the_bn_shifts_a_group_of_their_own(optimizer):
     assert (groups[-1]["lr"], groups[-1]["weight_decay"]) == (3.2, 0.0)
     assert not {id(p) for p in shifts} & {i for ids in others for i in ids}  # moved, not copied
     assert sum(map(len, others)) + len(shifts) == len(list(model.parameters()))  # nothing lost
-    plain = VGGClassifier(arch="vgg11", width=0.125, optimizer=optimizer, schedule="constant")
+    plain = VGGClassifier(net=dict(arch="vgg11", width=0.125), optim=dict(name=optimizer, schedule="constant"))
     assert len(plain.configure_optimizers().param_groups) == len(groups) - 1
 
 
 def test_bn_bias_lr_follows_the_schedule_through_a_fit(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["--trainer.max_epochs", "1", "--model.optimizer", "muon", "--model.bn_bias_lr", "0.8"]
+    args = ["--trainer.max_epochs", "1", "--model.optim.name", "muon", "--model.optim.bn_bias_lr", "0.8"]
     assert main(["fit", *tiny(cifar10_dir, *args)]) == 0
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     groups = ckpt["optimizer_states"][0]["param_groups"]
-    assert groups[-1]["initial_lr"] == 0.8 and groups[1]["initial_lr"] == ckpt["hyper_parameters"]["lr"]
+    assert groups[-1]["initial_lr"] == 0.8 and groups[1]["initial_lr"] == ckpt["hyper_parameters"]["optim"]["lr"]
     factor = groups[1]["lr"] / groups[1]["initial_lr"]
     assert 0 < factor < 1  # part way down the one-cycle schedule, on which the shifts ride too
     assert groups[-1]["lr"] == pytest.approx(0.8 * factor)
@@ -204,11 +208,11 @@ def test_pool_before_bn_moves_each_pooling_up_and_changes_only_bn_statistics():
 
 def test_pool_before_bn_through_a_fit_and_its_checkpoint(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.pool_before_bn", "true")]) == 0
+    assert main(["fit", *tiny(cifar10_dir, "--trainer.max_epochs", "1", "--model.net.pool_before_bn", "true")]) == 0
     model = VGGClassifier.load_from_checkpoint(
         tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True
     )
     layers = list(model.net.features)
-    assert model.hparams.pool_before_bn and isinstance(layers[1], torch.nn.MaxPool2d)
+    assert model.net_options.pool_before_bn and isinstance(layers[1], torch.nn.MaxPool2d)
     with pytest.raises(ConfigError, match="pool_before_bn"):
-        VGGClassifier(arch="blog_vgg16", pool_before_bn=True)
+        VGGClassifier(net=dict(arch="blog_vgg16", pool_before_bn=True))

@@ -29,7 +29,7 @@ def test_view_sets_match_the_models_tta_options(cifar10_dir, tmp_path, monkeypat
     images, labels = dm.val_set
     x = normalize(images, dm.mean, dm.std)
     for shift, name in [(2, "tta_shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4"), (0, "mirror only (tta_shift 0)")]:
-        model = VGGClassifier.load_from_checkpoint(ckpt, weights_only=True, tta_flip=True, tta_shift=shift).eval()
+        model = VGGClassifier.load_from_checkpoint(ckpt, tta=dict(flip=True, shift=shift), weights_only=True).eval()
         with torch.no_grad():
             expected = (model.predict_logits(x).argmax(1) == labels).float().mean().item()
         assert table[name] == [pytest.approx(expected)] * 2

@@ -14,10 +14,10 @@ from vgg_lightning.tune import BudgetSharePruning, main
 from .helpers.runs import run_cli, run_cli_to_end
 
 SPACE = """\
-model.lr: {low: 0.01, high: 0.2, log: true}
+model.optim.lr: {low: 0.01, high: 0.2, log: true}
 data.crop_padding: {choices: [0, 2]}
-model.arch: vgg11
-model.width: 0.125
+model.net.arch: vgg11
+model.net.width: 0.125
 """
 
 
@@ -37,15 +37,15 @@ def finished(tmp_path, study="tune"):
 
 def test_tune_runs_trials_writes_best_yaml_and_goes_on_with_the_study(cifar10_dir, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    recipe = ["--model.lr", "0.05", "--data.crop_padding", "2"]
+    recipe = ["--model.optim.lr", "0.05", "--data.crop_padding", "2"]
     assert main(tune_args(cifar10_dir, tmp_path, "--tune.trials", "2", *recipe)) == 0
     out = capfd.readouterr().out
     assert out.count("best val acc,") == 2 and "| 2/2 trials" in out  # one line per trial, with the best so far
     # The recipe as given is the first trial, marked as such; the second is the sampler's.
-    assert "first trial: the recipe as given (model.lr=0.05, data.crop_padding=2)" in out
+    assert "first trial: the recipe as given (model.optim.lr=0.05, data.crop_padding=2)" in out
     assert "trial 0 (the recipe as given):" in out and "(* the recipe as given)" in out
     first, second = finished(tmp_path)
-    assert first.params == {"model.lr": 0.05, "data.crop_padding": 2} and first.user_attrs["recipe"]
+    assert first.params == {"model.optim.lr": 0.05, "data.crop_padding": 2} and first.user_attrs["recipe"]
     assert second.params != first.params and "recipe" not in second.user_attrs
     assert "trial  best val acc  epochs" in out  # the table
     best = tmp_path / "out" / "best.yaml"
@@ -90,8 +90,14 @@ def test_options_fit_does_not_take_are_one_message_before_any_trial(cifar10_dir,
     ("space", "message"),
     [
         ("model.learning_rate: {low: 0.1, high: 0.2}", "tune.space key 'model.learning_rate' is no option of fit"),
-        ("model.lr: {low: 0.2, high: 0.1}", "tune.space key 'model.lr': low and high must be numbers with low < high"),
-        ("model.lr: {low: 0, high: 0.1, log: true}", "tune.space key 'model.lr': a log range needs low > 0"),
+        (
+            "model.optim.lr: {low: 0.2, high: 0.1}",
+            "tune.space key 'model.optim.lr': low and high must be numbers with low < high",
+        ),
+        (
+            "model.optim.lr: {low: 0, high: 0.1, log: true}",
+            "tune.space key 'model.optim.lr': a log range needs low > 0",
+        ),
         ("data.flip: {choices: []}", "tune.space key 'data.flip': choices must be a non-empty list"),
     ],
 )

@@ -6,7 +6,6 @@ overrides; ``--print_config`` shows the result.
 
 from __future__ import annotations
 
-import inspect
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError, report
 from vgg_lightning.files import write_text_atomically
 from vgg_lightning.messages import log, say
-from vgg_lightning.module import VGGClassifier
+from vgg_lightning.module import VGGClassifier, grouped_options
 
 # The main recipe and the always-on callbacks, loaded before any --config: shipped inside the package, so an
 # installed wheel runs what a checkout runs.
@@ -37,7 +36,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")
 # Options that choose how a model runs, not what it is: given on the command line, they win over the values
 # saved in a checkpoint (LightningCLI otherwise restores every model option from --ckpt_path).
-RUNTIME_MODEL_OPTIONS = ("tta_flip", "tta_shift", "compile", "channels_last", "fused")
+RUNTIME_MODEL_OPTIONS = ("tta.flip", "tta.shift", "compile", "channels_last", "optim.fused")
 # Data options an evaluation command takes from the command line only; the rest come from the checkpoint's run
 # (evaluating a model trained on class folders evaluates it on those folders).
 RUNTIME_DATA_OPTIONS = ("predict_path", "batch_size", "num_workers", "download", "data_on_device")
@@ -158,8 +157,6 @@ class VGGLightningCLI(LightningCLI):
         hparams = current_model_options(hparams, self.config.subcommand == "fit")
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
     # -- after LightningCLI read the checkpoint's hyperparameters, before anything is built ------------------------
@@ -355,14 +352,14 @@ MOVED_MODEL_OPTIONS = {
 
 
 def current_model_options(saved: dict, resuming: bool) -> dict:
-    """A checkpoint's model options that the model still takes (older checkpoints carry some that moved to
-    callbacks). A resumed fit that used a moved one is told how to go on with it."""
-    known = set(inspect.signature(VGGClassifier.__init__).parameters) - {"self"}
+    """A checkpoint's model options as the model takes them now (``module.grouped_options``: older checkpoints'
+    flat options in their groups, those that moved to callbacks left out). A resumed fit that used a moved one is
+    told how to go on with it."""
     for option, (off, instead) in MOVED_MODEL_OPTIONS.items():
         value = saved.get(option)
         if resuming and value not in (None, off):
             say(f"this checkpoint's run used model.{option} {value}, now a callback: add {instead} {value}")
-    return {k: v for k, v in saved.items() if k in known or k == "_class_path"}
+    return grouped_options(saved)
 
 
 def _has_budget_plan(ckpt: dict) -> bool:
@@ -434,8 +431,8 @@ def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> i
         return 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"; the checkpoint is saved
     except NonFiniteLossError as e:
         log.error(
-            f"error: {e}.\n  The run stopped; its checkpoints hold the last good weights. Lower --model.lr or"
-            " raise --model.warmup, then resume with `fit --ckpt_path last` or start again."
+            f"error: {e}.\n  The run stopped; its checkpoints hold the last good weights. Lower --model.optim.lr or"
+            " raise --model.optim.warmup, then resume with `fit --ckpt_path last` or start again."
         )
         return 1
     return 0

@@ -10,9 +10,11 @@ size the head was built for (1x1 for VGG, 4x4 for blog_vgg16), which is an ident
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence, Union
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat
 from torch import nn
 from typing_extensions import override
 
@@ -26,6 +28,86 @@ CONFIGS: dict[str, list[Union[int, str]]] = {
 ARCHS = (*CONFIGS, "blog_vgg16")
 # The nonlinearity after each convolution: VGG's ReLU, or the GELU the CIFAR-10 speed runs use.
 ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
+
+
+@dataclass(frozen=True)
+class NetOptions:
+    """The network: ``--model.net.*`` on the command line, ``model: net:`` in a recipe.
+
+    Args:
+        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``blog_vgg16`` (the blog article's "VGG-16", as printed).
+        batch_norm: BatchNorm after each convolution (the "-BN" variants).
+        width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
+        stage_widths: one more factor per stage (the convolutions before each of the five poolings), on top of
+            ``width``: ``[1, 1, 1, 1, 0.5]`` halves the last stage (its 2x2 maps take 11% of a CPU step for 8% of
+            the FLOPs; ``python -m vgg_lightning.tools.bench --stages true`` shows each stage's share). Default: 1 each.
+        activation: ``relu`` (VGG's) or ``gelu`` (the speed runs') after every convolution; the head keeps ReLU.
+        pool_before_bn: each stage's pooling right after its last convolution, before that convolution's BatchNorm
+            and activation (airbench's order). Max-pooling commutes with the ReLU, so only BatchNorm's statistics
+            change (taken over the pooled map); BN and ReLU do a quarter of the work there: 5-8% more steps in the
+            same time on a CPU.
+        head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
+        dropout: dropout before each FC layer of the head.
+        bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention: weight of the new batch).
+        bn_eps: BatchNorm's epsilon.
+        bn_scale: train BatchNorm's scale; false keeps it at 1 (the shift is always trained).
+        whiten: ``frozen`` or ``trained``: start the first convolution as a patch-whitening filter bank computed
+            from 5,000 training images (the principal directions of their 3x3 patches, both signs), and keep it
+            fixed or train it from there; ``off``: random start.
+        dirac: start every later 3x3 convolution as an identity on its first input channels (plus random filters).
+    """
+
+    arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "blog_vgg16"] = "vgg16"
+    batch_norm: bool = True
+    width: PositiveFloat = 1.0
+    stage_widths: Optional[list[PositiveFloat]] = None
+    activation: Literal["relu", "gelu"] = "relu"
+    pool_before_bn: bool = False
+    head_hidden: NonNegativeInt = 0
+    dropout: ClosedUnitInterval = 0.0
+    bn_momentum: ClosedUnitInterval = 0.1
+    bn_eps: PositiveFloat = 1e-5
+    bn_scale: bool = True
+    whiten: Literal["off", "frozen", "trained"] = "off"
+    dirac: bool = False
+
+    def check(self) -> None:
+        """ValueError naming the option (``model.net.<option>: ...``) when the network cannot be built as asked."""
+        shaping = {"stage_widths": self.stage_widths is not None, "activation": self.activation != "relu"}
+        given = [name for name, on in {**shaping, "pool_before_bn": self.pool_before_bn}.items() if on]
+        if given and self.arch not in CONFIGS:
+            raise ValueError(
+                f"model.net.{given[0]} shapes the VGG configs; {self.arch} is kept as printed: leave it unset"
+            )
+        if self.stage_widths is not None:
+            try:
+                stage_factors(CONFIGS[self.arch], self.width, self.stage_widths)
+            except ValueError as e:
+                raise ValueError(f"model.net.{e}; e.g. --model.net.stage_widths '[1, 1, 1, 1, 0.5]'") from None
+
+    def build(self, num_classes: int) -> nn.Module:
+        """The network, with the starts the options ask for (whitening needs the data: ``whiten_init``)."""
+        net = build_model(
+            self.arch,
+            num_classes=num_classes,
+            batch_norm=self.batch_norm,
+            width=self.width,
+            head_hidden=self.head_hidden,
+            dropout=self.dropout,
+            bn_momentum=self.bn_momentum,
+            bn_eps=self.bn_eps,
+            stage_widths=self.stage_widths,
+            activation=self.activation,
+            pool_before_bn=self.pool_before_bn,
+        )
+        vgg = self.arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
+        if self.dirac and vgg:
+            dirac_init(net)
+        if self.whiten == "frozen" and vgg:
+            first_conv(net).weight.requires_grad_(False)
+        if not self.bn_scale:
+            freeze_bn_scale(net)
+        return net
 
 
 def stage_factors(cfg: list[Union[int, str]], width: float, stage_widths: Optional[Sequence[float]]) -> list[float]:
@@ -213,21 +295,6 @@ def build_model(
         activation=activation,
         pool_before_bn=pool_before_bn,
     )
-
-
-def check_net_options(
-    arch: str, width: float, stage_widths: Optional[Sequence[float]], activation: str, pool_before_bn: bool
-) -> None:
-    """ValueError naming the option (as ``model.<option>: ...``) when the network cannot be built as asked."""
-    shaping = {"stage_widths": stage_widths is not None, "activation": activation != "relu"}
-    given = [name for name, on in {**shaping, "pool_before_bn": pool_before_bn}.items() if on]
-    if given and arch not in CONFIGS:
-        raise ValueError(f"model.{given[0]} shapes the VGG configs; {arch} is kept as printed: leave it unset")
-    if stage_widths is not None:
-        try:
-            stage_factors(CONFIGS[arch], width, stage_widths)
-        except ValueError as e:
-            raise ValueError(f"model.{e}; e.g. --model.stage_widths '[1, 1, 1, 1, 0.5]'") from None
 
 
 @torch.no_grad()

@@ -10,14 +10,16 @@ sizes the schedule through one attribute, ``schedule_steps``. What keeps runs sa
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -26,152 +28,75 @@ from typing_extensions import override
 from vgg_lightning import schedules, tta
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import EvalReport, RunningLossAccuracy
-from vgg_lightning.models import (
-    CONFIGS,
-    build_model,
-    check_net_options,
-    dirac_init,
-    first_conv,
-    freeze_bn_scale,
-    whiten_init,
-)
-from vgg_lightning.optim import build_optimizer
+from vgg_lightning.models import CONFIGS, NetOptions, first_conv, whiten_init
+from vgg_lightning.optim import OptimOptions
 from vgg_lightning.precision import prefers_channels_last
 from vgg_lightning.progress import is_last_validation
+from vgg_lightning.tta import TTAOptions
 
 
 class VGGClassifier(L.LightningModule):
     """VGG on CIFAR or your own class folders.
 
     Args:
-        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``blog_vgg16`` (the blog article's "VGG-16", as printed).
-        batch_norm: BatchNorm after each convolution (the "-BN" variants).
-        width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
-        stage_widths: one more factor per stage (the convolutions before each of the five poolings), on top of
-            ``width``: ``[1, 1, 1, 1, 0.5]`` halves the last stage (its 2x2 maps take 11% of a CPU step for 8% of
-            the FLOPs; ``python -m vgg_lightning.tools.bench --stages true`` shows each stage's share). Default: 1 each.
-        activation: ``relu`` (VGG's) or ``gelu`` (the speed runs') after every convolution; the head keeps ReLU.
-        pool_before_bn: each stage's pooling right after its last convolution, before that convolution's BatchNorm
-            and activation (airbench's order). Max-pooling commutes with the ReLU, so only BatchNorm's statistics
-            change (taken over the pooled map); BN and ReLU do a quarter of the work there: 5-8% more steps in the
-            same time on a CPU.
-        head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
-        dropout: dropout before each FC layer of the head.
+        net: the network (``models.NetOptions``: ``--model.net.arch``, ``--model.net.width``, ...).
+        optim: the optimizer and its schedule (``optim.OptimOptions``: ``--model.optim.name``, ``--model.optim.lr``,
+            ...).
+        tta: test-time augmentation (``tta.TTAOptions``: ``--model.tta.flip``, ``--model.tta.shift``).
+        label_smoothing: cross-entropy label smoothing.
         num_classes: set from the data module (``data.num_classes``); do not type it.
         image_size: side of the input images, set from the data module (``data.image_size``); do not type it.
-        optimizer: ``sgd`` (with momentum, optionally Nesterov), ``adamw``, or ``muon``: Muon steps for the
-            convolution filters (their momentum update made orthogonal, each filter held at a fixed norm, which
-            BatchNorm allows: needs ``batch_norm``), Nesterov SGD with ``lr`` for the rest (``muon.py``).
-        lr: peak learning rate of the schedule.
-        muon_lr: with ``optimizer: muon``, the filters' peak learning rate: each step's size relative to the
-            filter's (airbench's 0.24 is for 200 steps of batch 2000).
-        muon_momentum: with ``optimizer: muon``, the filters' (Nesterov) momentum; unset, ``momentum``'s
-            (airbench uses 0.6 for its filters against 0.85 for the rest).
-        momentum: SGD momentum (``adamw``: beta1).
-        nesterov: Nesterov momentum for SGD.
-        weight_decay: decoupled for AdamW, L2 for SGD; applied to conv and linear weights only, never to BN
-            parameters or biases.
-        label_smoothing: cross-entropy label smoothing.
-        schedule: ``onecycle`` (OneCycleLR's shape), ``cosine`` (linear warm-up then cosine to 0), ``linear``
-            (linear warm-up then straight down to 0) or ``constant``; stepped after every optimizer step and sized
-            by ``trainer.estimated_stepping_batches``, or by the time budget's plan with ``--trainer.max_time``.
-        warmup: fraction of all steps spent warming up (OneCycle's ``pct_start``).
         channels_last: NHWC memory format; default: on for CUDA, and on CPUs where it measured faster (all we
             measured, see ``precision.py``).
-        fused: the optimizer's fused implementation (one kernel for all parameters); default: on for CUDA.
         compile: ``torch.compile`` the network for training and evaluation.
-        tta_flip: at evaluation, average the logits of each image and its mirror image. ``final``: do so in
-            ``validate``/``test``/``predict``/``classify()`` and in the last validation of ``fit`` (the one that
-            reports the trained model), but not in the validations before it, where it would cost an extra pass
-            each epoch (on a CPU, about as much as the validation itself).
-        tta_shift: with flip TTA, also average over the image and its mirror shifted by this many pixels up-left
-            and down-right (borders reflected): 6 passes instead of 2, weighted half unshifted, half shifted
-            (airbench's test-time augmentation). 0 turns it off.
-        whiten: ``frozen`` or ``trained``: start the first convolution as a patch-whitening filter bank computed
-            from 5,000 training images (the principal directions of their 3x3 patches, both signs), and keep it
-            fixed or train it from there; ``off``: random start.
-        dirac: start every later 3x3 convolution as an identity on its first input channels (plus random filters).
-        bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention: weight of the new batch).
-        bn_eps: BatchNorm's epsilon.
-        bn_scale: train BatchNorm's scale; false keeps it at 1 (the shift is always trained).
-        bn_bias_lr: the learning rate of BatchNorm's shifts, on the same schedule; unset: ``lr``'s. airbench trains
-            them 64 times faster than its filters (its ``bias_scaler``).
 
-    An EMA of the weights and Lookahead are callbacks (``--trainer.callbacks+=...``): Lightning's
-    ``EMAWeightAveraging`` and ``vgg_lightning.callbacks.Lookahead``.
+    A new option of the network, the optimizer or the test-time views goes into its group's dataclass, beside the
+    code that uses it; this signature stays as it is. An EMA of the weights and Lookahead are callbacks
+    (``--trainer.callbacks+=...``): Lightning's ``EMAWeightAveraging`` and ``vgg_lightning.callbacks.Lookahead``.
     """
 
     def __init__(
         self,
-        arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "blog_vgg16"] = "vgg16",
-        batch_norm: bool = True,
-        width: PositiveFloat = 1.0,
-        stage_widths: Optional[list[PositiveFloat]] = None,
-        activation: Literal["relu", "gelu"] = "relu",
-        pool_before_bn: bool = False,
-        head_hidden: NonNegativeInt = 0,
-        dropout: ClosedUnitInterval = 0.0,
+        net: NetOptions = NetOptions(),
+        optim: OptimOptions = OptimOptions(),
+        tta: TTAOptions = TTAOptions(),
+        label_smoothing: ClosedUnitInterval = 0.0,
         num_classes: PositiveInt = 10,
         image_size: PositiveInt = 32,
-        optimizer: Literal["sgd", "adamw", "muon"] = "sgd",
-        lr: PositiveFloat = 0.1,
-        muon_lr: PositiveFloat = 0.02,
-        muon_momentum: Optional[ClosedUnitInterval] = None,
-        momentum: ClosedUnitInterval = 0.9,
-        nesterov: bool = True,
-        weight_decay: NonNegativeFloat = 5e-4,
-        label_smoothing: ClosedUnitInterval = 0.0,
-        schedule: Literal["onecycle", "cosine", "linear", "constant"] = "onecycle",
-        warmup: ClosedUnitInterval = 0.15,
         channels_last: Optional[bool] = None,
-        fused: Optional[bool] = None,
         compile: bool = False,
-        tta_flip: Union[bool, Literal["final"]] = False,
-        tta_shift: NonNegativeInt = 0,
-        whiten: Literal["off", "frozen", "trained"] = "off",
-        dirac: bool = False,
-        bn_momentum: ClosedUnitInterval = 0.1,
-        bn_eps: PositiveFloat = 1e-5,
-        bn_scale: bool = True,
-        bn_bias_lr: Optional[PositiveFloat] = None,
     ) -> None:
         super().__init__()
+        # Given as dicts by checkpoints, hparams files and plain Python calls; as dataclasses by the CLI.
+        self.net_options, self.optim_options, self.tta_options = (
+            _as(NetOptions, net),
+            _as(OptimOptions, optim),
+            _as(TTAOptions, tta),
+        )
         if image_size < 32:
             raise ConfigError(f"model.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         try:
-            check_net_options(arch, width, stage_widths, activation, pool_before_bn)
+            self.net_options.check()
+            batch_norm_everywhere = self.net_options.batch_norm and self.net_options.arch in CONFIGS
+            self.optim_options.check(batch_norm_everywhere)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if optimizer == "muon" and not (batch_norm and arch in CONFIGS):
-            raise ConfigError(
-                "model.optimizer muon holds each filter at a fixed norm, which only BatchNorm after every convolution"
-                " allows: use it with a VGG arch and --model.batch_norm true, or pick sgd or adamw"
+        # Plain values only: checkpoints are read with weights_only=True, which refuses pickled classes.
+        self.save_hyperparameters(
+            _plain(
+                {
+                    "net": asdict(self.net_options),
+                    "optim": asdict(self.optim_options),
+                    "tta": asdict(self.tta_options),
+                    "label_smoothing": label_smoothing,
+                    "num_classes": num_classes,
+                    "image_size": image_size,
+                    "channels_last": channels_last,
+                    "compile": compile,
+                }
             )
-        if muon_momentum is not None and optimizer != "muon":
-            raise ConfigError(f"model.muon_momentum is the muon optimizer's; with {optimizer}, set model.momentum")
-        if optimizer == "muon" and fused:
-            raise ConfigError("model.fused: the muon optimizer has no fused implementation; leave it unset")
-        self.save_hyperparameters()
-        self.net = build_model(
-            arch,
-            num_classes=num_classes,
-            batch_norm=batch_norm,
-            width=width,
-            head_hidden=head_hidden,
-            dropout=dropout,
-            bn_momentum=bn_momentum,
-            bn_eps=bn_eps,
-            stage_widths=stage_widths,
-            activation=activation,
-            pool_before_bn=pool_before_bn,
         )
-        vgg = arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
-        if dirac and vgg:
-            dirac_init(self.net)
-        if whiten == "frozen" and vgg:
-            first_conv(self.net).weight.requires_grad_(False)
-        if not bn_scale:
-            freeze_bn_scale(self.net)
+        self.net = self.net_options.build(num_classes)
         # Lets the model summary count FLOPs and show each layer's output size.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)
         top5 = min(5, num_classes)
@@ -223,16 +148,16 @@ class VGGClassifier(L.LightningModule):
         """Logits for evaluation, averaged over the test-time views (``tta.py``) when they apply (``tta_now``)."""
         if not self.tta_now():
             return self(x)
-        return tta.averaged_logits(self, x, tta.views(self.hparams.tta_shift))
+        return tta.averaged_logits(self, x, tta.views(self.tta_options.shift))
 
     def tta_passes(self) -> int:
         """Forward passes per image when test-time augmentation applies."""
-        return tta.passes(bool(self.hparams.tta_flip), self.hparams.tta_shift)
+        return tta.passes(bool(self.tta_options.flip), self.tta_options.shift)
 
     def tta_now(self) -> bool:
         """Whether evaluation now averages with mirror images: ``tta_flip`` true, or ``final`` anywhere but in a
         validation of ``fit`` that is not its last (sanity check included)."""
-        flip = self.hparams.tta_flip
+        flip = self.tta_options.flip
         if flip != "final":
             return bool(flip)
         trainer = self._trainer
@@ -240,7 +165,7 @@ class VGGClassifier(L.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.whiten != "off" and self.hparams.arch in CONFIGS:
+        if stage == "fit" and self.net_options.whiten != "off" and self.net_options.arch in CONFIGS:
             self._whiten_from_data()
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
@@ -250,11 +175,11 @@ class VGGClassifier(L.LightningModule):
 
     @torch.no_grad()
     def _whiten_from_data(self, count: int = 5000) -> None:
-        """``whiten``: the first convolution from the first ``count`` training images (the same on every process;
+        """``net.whiten``: the first convolution from the first ``count`` training images (the same on every process;
         under DDP rank 0's weights are broadcast anyway). A resumed run's checkpoint replaces it afterwards."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         if not hasattr(dm, "training_sample"):
-            raise ConfigError("model.whiten needs the training images: use it with this project's data module")
+            raise ConfigError("model.net.whiten needs the training images: use it with this project's data module")
         whiten_init(first_conv(self.net), dm.training_sample(count))
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -387,20 +312,8 @@ class VGGClassifier(L.LightningModule):
     # -- optimization -----------------------------------------------------------------------------------------
     @override
     def configure_optimizers(self):
-        h = self.hparams
-        opt = build_optimizer(
-            self.net,
-            self.device.type,
-            optimizer=h.optimizer,
-            lr=h.lr,
-            momentum=h.momentum,
-            nesterov=h.nesterov,
-            weight_decay=h.weight_decay,
-            muon_lr=h.muon_lr,
-            muon_momentum=h.muon_momentum,
-            bn_bias_lr=h.bn_bias_lr,
-            fused=h.fused,
-        )
+        h = self.optim_options
+        opt = h.build(self.net, self.device.type)
         if h.schedule == "constant":
             return opt
         total = self.schedule_steps or self._estimated_steps()
@@ -419,14 +332,26 @@ class VGGClassifier(L.LightningModule):
         if math.isfinite(estimated):
             return max(1, int(estimated))
         raise ConfigError(
-            f"the {self.hparams.schedule} schedule needs an end: give --trainer.max_epochs, --trainer.max_steps or"
-            " --trainer.max_time (or --model.schedule constant)"
+            f"the {self.optim_options.schedule} schedule needs an end: give --trainer.max_epochs, --trainer.max_steps"
+            " or --trainer.max_time (or --model.optim.schedule constant)"
         )
 
     def schedule_length(self) -> Optional[int]:
         """The number of steps the running schedule is sized for now (None without a schedule)."""
         configs = self.trainer.lr_scheduler_configs if self._trainer is not None else []
         return schedules.total_steps(configs[0].scheduler) if configs else None
+
+    @classmethod
+    @override
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "VGGClassifier":  # type: ignore[override]
+        """Lightning's, reading a checkpoint from before the option groups too (its flat options regrouped)."""
+        if isinstance(checkpoint_path, (str, Path)) and Path(checkpoint_path).is_file():
+            from vgg_lightning.checkpoints import read
+
+            saved = read(checkpoint_path).get("hyper_parameters") or {}
+            if saved and "net" not in saved:
+                kwargs = {**grouped_options(saved), **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- checkpoints: what a trained model needs without its data set -------------------------------------------
     @override
@@ -450,6 +375,53 @@ class VGGClassifier(L.LightningModule):
         elif checkpoint.get("normalization"):  # written by the model itself before the data module owned it
             self._saved_normalization = tuple(tuple(v) for v in checkpoint["normalization"])
         _move_legacy_ema(checkpoint)
+
+
+def _plain(value: Any) -> Any:
+    """Python's own types for option values (the CLI hands out subclasses such as PositiveFloat)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+def _as(kind: type, value: Any) -> Any:
+    """An options dataclass from itself or from a dict (unknown keys named in one message), its values of Python's
+    own types: they end up in the optimizer's and schedule's state, which checkpoints hold."""
+    if isinstance(value, kind):
+        return kind(**_plain(asdict(value)))
+    names = {f.name for f in fields(kind)}
+    unknown = sorted(set(value or {}) - names)
+    if unknown:
+        raise ConfigError(f"{kind.__name__} has no option {', '.join(unknown)}; it has {', '.join(sorted(names))}")
+    return kind(**_plain(dict(value or {})))
+
+
+# Where each model option of the flat signature before 2026-12-03 went (checkpoints and hparams files of that time
+# still load): the group and the name in it.
+FLAT_OPTIONS = {
+    **{f.name: ("net", f.name) for f in fields(NetOptions)},
+    **{f.name: ("optim", f.name) for f in fields(OptimOptions) if f.name != "name"},
+    "optimizer": ("optim", "name"),
+    "tta_flip": ("tta", "flip"),
+    "tta_shift": ("tta", "shift"),
+}
+
+
+def grouped_options(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model options as the model takes them now: flat options of older checkpoints put into their
+    groups; options that are no longer the model's (``ema_decay``, ``lookahead``: callbacks now) left out."""
+    top = set(inspect.signature(VGGClassifier.__init__).parameters) - {"self"}
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in hparams.items() if k in top}
+    for key, value in hparams.items():
+        if key in FLAT_OPTIONS and key not in top:
+            group, name = FLAT_OPTIONS[key]
+            out.setdefault(group, {})[name] = value
+    return out
 
 
 def _move_legacy_ema(checkpoint: dict[str, Any]) -> None:

@@ -7,13 +7,81 @@ of their own (last) with that rate and no decay.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat
 
 from vgg_lightning import muon
 
 OPTIMIZERS = ("sgd", "adamw", "muon")
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    """The optimizer and its per-step schedule: ``--model.optim.*`` on the command line, ``model: optim:`` in a recipe.
+
+    Args:
+        name: ``sgd`` (with momentum, optionally Nesterov), ``adamw``, or ``muon``: Muon steps for the convolution
+            filters (their momentum update made orthogonal, each filter held at a fixed norm, which BatchNorm
+            allows: needs ``net.batch_norm``), Nesterov SGD with ``lr`` for the rest (``muon.py``).
+        lr: peak learning rate of the schedule.
+        muon_lr: with ``name: muon``, the filters' peak learning rate: each step's size relative to the filter's
+            (airbench's 0.24 is for 200 steps of batch 2000).
+        muon_momentum: with ``name: muon``, the filters' (Nesterov) momentum; unset, ``momentum``'s (airbench uses
+            0.6 for its filters against 0.85 for the rest).
+        momentum: SGD momentum (``adamw``: beta1).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: decoupled for AdamW, L2 for SGD; applied to conv and linear weights only, never to BN
+            parameters or biases.
+        bn_bias_lr: the learning rate of BatchNorm's shifts, on the same schedule; unset: ``lr``'s. airbench trains
+            them 64 times faster than its filters (its ``bias_scaler``).
+        fused: the optimizer's fused implementation (one kernel for all parameters); default: on for CUDA.
+        schedule: ``onecycle`` (OneCycleLR's shape), ``cosine`` (linear warm-up then cosine to 0), ``linear``
+            (linear warm-up then straight down to 0) or ``constant``; stepped after every optimizer step and sized
+            by ``trainer.estimated_stepping_batches``, or by the time budget's plan with ``--trainer.max_time``.
+        warmup: fraction of all steps spent warming up (OneCycle's ``pct_start``).
+    """
+
+    name: Literal["sgd", "adamw", "muon"] = "sgd"
+    lr: PositiveFloat = 0.1
+    muon_lr: PositiveFloat = 0.02
+    muon_momentum: Optional[ClosedUnitInterval] = None
+    momentum: ClosedUnitInterval = 0.9
+    nesterov: bool = True
+    weight_decay: NonNegativeFloat = 5e-4
+    bn_bias_lr: Optional[PositiveFloat] = None
+    fused: Optional[bool] = None
+    schedule: Literal["onecycle", "cosine", "linear", "constant"] = "onecycle"
+    warmup: ClosedUnitInterval = 0.15
+
+    def check(self, batch_norm_everywhere: bool) -> None:
+        """ValueError naming the option when these settings cannot work together."""
+        if self.name == "muon" and not batch_norm_everywhere:
+            raise ValueError(
+                "model.optim.name muon holds each filter at a fixed norm, which only BatchNorm after every"
+                " convolution allows: use it with a VGG arch and --model.net.batch_norm true, or pick sgd or adamw"
+            )
+        if self.muon_momentum is not None and self.name != "muon":
+            raise ValueError(f"model.optim.muon_momentum is the muon optimizer's; with {self.name}, set momentum")
+        if self.name == "muon" and self.fused:
+            raise ValueError("model.optim.fused: the muon optimizer has no fused implementation; leave it unset")
+
+    def build(self, net: torch.nn.Module, device_type: str) -> torch.optim.Optimizer:
+        return build_optimizer(
+            net,
+            device_type,
+            optimizer=self.name,
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+            muon_lr=self.muon_lr,
+            muon_momentum=self.muon_momentum,
+            bn_bias_lr=self.bn_bias_lr,
+            fused=self.fused,
+        )
 
 
 def build_optimizer(

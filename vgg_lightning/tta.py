@@ -1,23 +1,43 @@
 """Test-time augmentation: an image's logits averaged over views of it (its mirror, shifted copies).
 
 A view is a shift by (dy, dx) pixels with reflected borders, always taken together with its mirror image; a view
-set is a list of (weight, (dy, dx)). ``--model.tta_flip`` uses the mirror alone; with ``--model.tta_shift s`` it is
+set is a list of (weight, (dy, dx)). ``--model.tta.flip`` uses the mirror alone; with ``--model.tta.shift s`` it is
 airbench's set: the image 1/2, shifted by (-s, -s) and (s, s) 1/4 each, 6 passes in all. ``tta_views`` scores other
 sets on trained models with the same views.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal, Union
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeInt
 
 Views = list[tuple[float, tuple[int, int]]]
 
 
+@dataclass(frozen=True)
+class TTAOptions:
+    """Test-time augmentation: ``--model.tta.*`` on the command line, ``model: tta:`` in a recipe.
+
+    Args:
+        flip: at evaluation, average the logits of each image and its mirror image. ``final``: do so in
+            ``validate``/``test``/``predict``/``classify()`` and in the last validation of ``fit`` (the one that
+            reports the trained model), but not in the validations before it, where it would cost an extra pass
+            each epoch (on a CPU, about as much as the validation itself).
+        shift: with ``flip``, also average over the image and its mirror shifted by this many pixels up-left and
+            down-right (borders reflected): 6 passes instead of 2, weighted half unshifted, half shifted
+            (airbench's test-time augmentation). 0 turns it off.
+    """
+
+    flip: Union[bool, Literal["final"]] = False
+    shift: NonNegativeInt = 0
+
+
 def views(shift: int) -> Views:
-    """The view set of ``--model.tta_shift shift`` (0: the mirror pair alone)."""
+    """The view set of ``--model.tta.shift shift`` (0: the mirror pair alone)."""
     if not shift:
         return [(1.0, (0, 0))]
     return [(0.5, (0, 0)), (0.25, (-shift, -shift)), (0.25, (shift, shift))]

@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -38,12 +38,12 @@ from vgg_lightning.messages import log
 
 # What a search covers unless --tune.space says otherwise: what mattered in cpu.yaml's hand search.
 DEFAULT_SPACE: dict[str, Any] = {
-    "model.arch": {"choices": ["vgg11", "vgg13", "vgg16"]},
-    "model.width": {"choices": [0.25, 0.5, 0.75, 1.0]},
+    "model.net.arch": {"choices": ["vgg11", "vgg13", "vgg16"]},
+    "model.net.width": {"choices": [0.25, 0.5, 0.75, 1.0]},
     "data.batch_size": {"choices": [64, 128, 256]},
-    "model.lr": {"low": 0.02, "high": 0.4, "log": True},
+    "model.optim.lr": {"low": 0.02, "high": 0.4, "log": True},
     "model.label_smoothing": {"low": 0.0, "high": 0.2},
-    "model.weight_decay": {"low": 1.0e-4, "high": 1.0e-3, "log": True},
+    "model.optim.weight_decay": {"low": 1.0e-4, "high": 1.0e-3, "log": True},
     "data.crop_padding": {"choices": [0, 2, 4]},
     "data.flip": {"choices": [True, "alternate"]},
 }
@@ -104,7 +104,13 @@ def _known_options() -> dict[str, set[str]]:
     from vgg_lightning.module import VGGClassifier
 
     def params(obj: Any) -> set[str]:
-        return set(inspect.signature(obj).parameters) - {"self", "args", "kwargs"}
+        names = set()
+        for name, p in inspect.signature(obj).parameters.items():
+            if name not in ("self", "args", "kwargs"):
+                names.add(name)
+                if is_dataclass(p.default):  # an option group: model.net.arch, model.optim.lr, ...
+                    names |= {f"{name}.{f.name}" for f in fields(p.default)}
+        return names
 
     return {
         "model": params(VGGClassifier.__init__),
@@ -122,7 +128,7 @@ def load_space(path: Optional[str]) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"tune.space '{path}' cannot be read: {e}") from e
     if not isinstance(space, dict) or not space:
-        raise ConfigError(f"tune.space '{path}' must map options (e.g. model.lr) to ranges, choices or values")
+        raise ConfigError(f"tune.space '{path}' must map options (e.g. model.optim.lr) to ranges, choices or values")
     known = _known_options()
     for key, spec in space.items():
         section, _, name = str(key).partition(".")
@@ -169,8 +175,10 @@ def recipe_values(config: dict[str, Any], space: dict[str, Any]) -> dict[str, An
     values = {}
     for key, spec in space.items():
         if isinstance(spec, dict):
-            section, _, name = key.partition(".")
-            values[key] = (config.get(section) or {}).get(name)
+            value: Any = config
+            for part in key.split("."):  # model.optim.lr: through the option groups
+                value = value.get(part) if isinstance(value, dict) else None
+            values[key] = value
     return values
 
 

@@ -14,7 +14,7 @@ def tiny_net(data_dir, *extra):
     """The tiny net and data, with the user's defaults for everything else (progress bar, logger, checkpoints)."""
     return [
         "--data.data_dir", str(data_dir), "--data.download", "false", "--data.val_size", "40",
-        "--data.batch_size", "16", "--model.arch", "vgg11", "--model.width", "0.125", *extra,
+        "--data.batch_size", "16", "--model.net.arch", "vgg11", "--model.net.width", "0.125", *extra,
     ]  # fmt: skip
 
 

@@ -220,10 +220,10 @@ class TimeBudget(SanityTiming):
 
     def _final_extra_s(self, trainer: L.Trainer) -> float:
         """What the last validation costs beyond the others: its test-time augmentation's extra passes (the mirror,
-        and the shifted views with ``tta_shift``) with ``tta_flip: final``."""
+        and the shifted views with ``tta.shift``) with ``tta.flip: final``."""
         module = trainer.lightning_module
-        hparams = getattr(module, "hparams", {})
-        if hparams.get("tta_flip") != "final" or self.sanity_s_per_batch is None or not trainer.num_val_batches:
+        options = getattr(module, "tta_options", None)
+        if getattr(options, "flip", None) != "final" or self.sanity_s_per_batch is None or not trainer.num_val_batches:
             return 0.0
         passes = module.tta_passes() if hasattr(module, "tta_passes") else 2
         return self.sanity_s_per_batch * sum(trainer.num_val_batches) * (passes - 1)

@@ -322,7 +322,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def training_sample(self, count: int) -> torch.Tensor:
         """The first ``count`` training images as the model sees them (normalized float, on the CPU): for starts
-        computed from the data (``model.whiten``)."""
+        computed from the data (``model.net.whiten``)."""
         assert self.train_set is not None and self.mean and self.std, "setup('fit') has not run"
         return normalize(self.train_set[0][:count].cpu(), self.mean, self.std)
 

@@ -32,9 +32,9 @@ from typing_extensions import override
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.datamodule import STATS, ImageDataModule
 from vgg_lightning.data.loader import TensorBatchLoader
-from vgg_lightning.models import build_model
+from vgg_lightning.models import NetOptions, build_model
 from vgg_lightning.module import VGGClassifier
-from vgg_lightning.optim import build_optimizer
+from vgg_lightning.optim import OptimOptions, build_optimizer
 from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 
 
@@ -191,20 +191,16 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     """The project's fit path: VGGClassifier + ImageDataModule under Lightning's Trainer."""
     torch.manual_seed(0)
     total = cfg["warmup"] + cfg["steps"]
-    model = VGGClassifier(
+    net = NetOptions(
         arch=cfg["arch"],
         width=cfg["width"],
         stage_widths=cfg["stage_widths"],
         activation=cfg["activation"],
         pool_before_bn=cfg["pool_before_bn"],
-        optimizer=cfg["optimizer"],
-        lr=cfg["lr"],
-        label_smoothing=0.0,
-        schedule="onecycle",
-        channels_last=cfg["channels_last"],
-        compile=cfg["compile"],
-        fused=cfg["fused"] if cfg["optimizer"] == "sgd" else None,
     )
+    fused = cfg["fused"] if cfg["optimizer"] == "sgd" else None
+    optim = OptimOptions(name=cfg["optimizer"], lr=cfg["lr"], muon_lr=0.015, fused=fused, schedule="onecycle")
+    model = VGGClassifier(net, optim, channels_last=cfg["channels_last"], compile=cfg["compile"])
     data = _BenchData(images, labels, cfg["batch_size"])
     timer = _StepTimer(cfg["warmup"])
     trainer = L.Trainer(
@@ -348,10 +344,10 @@ def run(
     Args:
         arch: network (``vgg11``..``vgg19``, ``blog_vgg16``).
         width: channel factor of the VGG.
-        stage_widths: one more factor per stage (``--model.stage_widths`` of ``fit``).
-        activation: ``relu`` or ``gelu`` after each convolution (``--model.activation`` of ``fit``).
-        pool_before_bn: each pooling before its BatchNorm and activation (``--model.pool_before_bn`` of ``fit``).
-        optimizer: ``sgd`` or ``muon`` (``--model.optimizer`` of ``fit``): Muon's Newton-Schulz iterations cost
+        stage_widths: one more factor per stage (``--model.net.stage_widths`` of ``fit``).
+        activation: ``relu`` or ``gelu`` after each convolution (``--model.net.activation`` of ``fit``).
+        pool_before_bn: each pooling before its BatchNorm and activation (``--model.net.pool_before_bn`` of ``fit``).
+        optimizer: ``sgd`` or ``muon`` (``--model.optim.name`` of ``fit``): Muon's Newton-Schulz iterations cost
             the same per step whatever the batch.
         batch_size: images per step.
         steps: timed steps per run, after ``warmup`` untimed ones.

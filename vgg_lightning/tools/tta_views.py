@@ -4,8 +4,8 @@
 
 Each checkpoint's validation split is rebuilt from the data options saved in it (``--data_dir`` where the data
 has moved since). The logits of every shift by -max_shift..max_shift pixels in both directions (reflected
-borders, as ``--model.tta_shift`` does) and of its mirror are computed once; the table then shows the accuracy of
-named view sets, weighted means of those logits, per model and on average, against ``--model.tta_shift 2``.
+borders, as ``--model.tta.shift`` does) and of its mirror are computed once; the table then shows the accuracy of
+named view sets, weighted means of those logits, per model and on average, against ``--model.tta.shift 2``.
 """
 
 from __future__ import annotations
