@@ -24,11 +24,13 @@ def format_duration(seconds: Optional[float], whole_minutes: bool = False) -> st
 class StepClock:
     """Training steps timed from one batch's start to the next within an epoch (data, forward, backward, optimizer
     and the step's hooks: what a step costs), with the validations that ran inside an interval taken out.
-    ``times`` holds one entry per timed interval; the first batch of an epoch starts a new chain."""
+    ``times`` holds one entry per timed interval; the first batch of an epoch starts a new chain. ``durations``
+    holds each batch's own time, start to end, where ``batch_end`` is called too (the step's compute alone)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.times: list[float] = []
+        self.durations: list[float] = []
         self._last: Optional[float] = None
         self._validation = 0.0  # validation seconds inside the current interval
 
@@ -38,6 +40,13 @@ class StepClock:
         if batch_idx > 0 and self._last is not None:
             self.times.append(now - self._last - self._validation)
         self._last, self._validation = now, 0.0
+        return now
+
+    def batch_end(self) -> float:
+        """Call at each training batch's end; returns the clock's reading."""
+        now = self.clock()
+        if self._last is not None:
+            self.durations.append(now - self._last)
         return now
 
     def validated(self, seconds: float) -> float:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import atexit
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
+
+from vgg_lightning.clock import StepClock
 
 
 class PhaseTimer(Callback):
@@ -26,8 +28,7 @@ class PhaseTimer(Callback):
         self.started = STARTED
         self.t: dict[str, float] = {}
         self.seconds = {"validation": 0.0, "checkpoint writes": 0.0, "figures": 0.0}
-        self.steps: list[float] = []
-        self._batch_start: Optional[float] = None
+        self._steps = StepClock(time.monotonic)  # each batch's own time, start to end
         self._val_start = 0.0
         self._printed = False
 
@@ -49,18 +50,21 @@ class PhaseTimer(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t["train start"] = time.monotonic()
 
+    @property
+    def steps(self) -> list[float]:
+        return self._steps.durations
+
     @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._batch_start = time.monotonic()
+        self._steps.batch_start(batch_idx)
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._batch_start is not None:
-            self.steps.append(time.monotonic() - self._batch_start)
+        self._steps.batch_end()
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
