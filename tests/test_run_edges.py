@@ -117,7 +117,7 @@ def test_decode_workers_end_with_a_killed_run(tmp_path):
         "    os.write(1, f'{os.getpid()}\\n'.encode())  # one write: the two workers' lines do not interleave\n"
         "    time.sleep(120)\n"
         "images._decode_chunk = stuck\n"
-        "images._decode_in_pool([(0, ['a']), (1, ['b'])], 32, 2)\n"
+        "images._decode_in_pool([(0, ['a']), (1, ['b'])], 32, 2, lambda start, result: None)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)

@@ -231,7 +231,10 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     """Per-channel mean and standard deviation of uint8 images, in [0, 1] units."""
     sums = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
-    for chunk in images.split(4096):  # in chunks: a float copy of 50,000 images would need 600 MB
+    # In chunks of about 2**24 values (128 MB as float64): a float copy of the whole set, or of 4,096 photos at
+    # 224 px (4.9 GB, and as much again for the squares), would cost many times the set itself.
+    per_chunk = max(1, 2**24 // max(1, images[0].numel() if len(images) else 1))
+    for chunk in images.split(per_chunk):
         x = chunk.to(torch.float64) / 255
         sums += x.sum((0, 2, 3))
         squares += (x * x).sum((0, 2, 3))

@@ -13,10 +13,11 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -153,54 +154,71 @@ def decode_files(
 ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
     """Decode ``files`` into (uint8 images (N, 3, size, size), positions of the decoded files, [(skipped, why)]).
 
-    ``workers`` processes (0: one per CPU core) decode chunks of files in parallel; the order is kept. A worker
-    that dies (the system killed it for memory, a decoder crashed) loses its chunk, not the command: the chunks it
-    took down are decoded again in halves until the one file that kills a worker is found, named and skipped.
+    ``workers`` processes (0: one per CPU core) decode chunks of files in parallel; the order is kept. Each chunk is
+    copied into one array as it arrives and then dropped, so memory holds the decoded set once plus the chunks in
+    flight (no list of chunks joined at the end). A worker that dies (the system killed it for memory, a decoder
+    crashed) loses its chunk, not the command: the chunks it took down are decoded again in halves until the one
+    file that kills a worker is found, named and skipped.
     """
     chunks = [(i, [str(p) for p in files[i : i + _CHUNK]]) for i in range(0, len(files), _CHUNK)]
+    out = np.empty((len(files), 3, size, size), dtype=np.uint8)  # pages are only used where rows are written
+    failed: dict[int, str] = {}
+
+    def take(start: int, result: tuple[np.ndarray, list[tuple[int, str]], int]) -> None:
+        decoded, bad, count = result
+        bad_rows = {i for i, _ in bad}
+        rows = [start + i for i in range(count) if i not in bad_rows]
+        if len(rows) == count:
+            out[start : start + count] = decoded
+        elif rows:
+            out[rows] = decoded
+        failed.update({start + i: why for i, why in bad})
+
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(files) >= _POOL_MIN_FILES:
-        results = _decode_in_pool(chunks, size, workers)
+        _decode_in_pool(chunks, size, workers, take)
     else:
-        results = {start: _decode_chunk((paths, size)) for start, paths in chunks}
-    images, kept, skipped = [], [], []
-    for start in sorted(results):
-        decoded, failed, count = results[start]
-        bad = {i for i, _ in failed}
-        images.append(decoded)
-        kept += [start + i for i in range(count) if i not in bad]
-        skipped += [(Path(files[start + i]), why) for i, why in failed]
-    stacked = np.concatenate(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)
-    return torch.from_numpy(stacked), kept, skipped
+        for start, paths in chunks:
+            take(start, _decode_chunk((paths, size)))
+    kept = [i for i in range(len(files)) if i not in failed]
+    if failed:  # close the gaps in place, row by row: no second copy of the set
+        for row, i in enumerate(kept):
+            if row != i:
+                out[row] = out[i]
+    skipped = [(Path(files[i]), failed[i]) for i in sorted(failed)]
+    return torch.from_numpy(out[: len(kept)]), kept, skipped
 
 
-def _decode_in_pool(chunks: list[tuple[int, list[str]]], size: int, workers: int) -> dict[int, tuple]:
-    """{chunk start: (images, failed, count)}, decoding in worker processes; see decode_files for lost workers."""
+def _decode_in_pool(
+    chunks: list[tuple[int, list[str]]], size: int, workers: int, take: Callable[[int, tuple], None]
+) -> None:
+    """Decode in worker processes, handing each chunk's (images, failed, count) to ``take`` as it is done; see
+    decode_files for lost workers."""
     # fork: the workers need only PIL and numpy, and start at once (as DataLoader workers do on Linux).
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    results: dict[int, tuple] = {}
     while chunks:
         lost: list[tuple[int, list[str]]] = []
         context = multiprocessing.get_context(method)
         with ProcessPoolExecutor(
             min(workers, len(chunks)), mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
         ) as pool:
-            futures = [(start, paths, pool.submit(_decode_chunk, (paths, size))) for start, paths in chunks]
-            for start, paths, future in futures:
+            futures = deque((start, paths, pool.submit(_decode_chunk, (paths, size))) for start, paths in chunks)
+            while futures:  # popped, so a chunk's images are freed once taken
+                start, paths, future = futures.popleft()
                 try:
-                    results[start] = future.result()
+                    take(start, future.result())
                 except BrokenProcessPool:  # every chunk not finished when the worker died lands here
                     lost.append((start, paths))
+                del future
         chunks = []
         for start, paths in lost:
             if len(paths) == 1:
                 empty = np.zeros((0, 3, size, size), dtype=np.uint8)
                 why = "the decoding process died on it (out of memory, or a crash in the decoder)"
-                results[start] = (empty, [(0, why)], 1)
+                take(start, (empty, [(0, why)], 1))
             else:
                 half = len(paths) // 2
                 chunks += [(start, paths[:half]), (start + half, paths[half:])]
-    return results
 
 
 def _die_with_parent(parent: int) -> None:
