@@ -23,11 +23,12 @@ from typing_extensions import override
 from vgg_lightning import checkpoints, loggers, precision, quiet
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
 from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
+from vgg_lightning.compat import grouped_options
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError, report
 from vgg_lightning.files import write_text_atomically
 from vgg_lightning.messages import log, say
-from vgg_lightning.module import VGGClassifier, grouped_options
+from vgg_lightning.module import VGGClassifier
 
 # The main recipe and the always-on callbacks, loaded before any --config: shipped inside the package, so an
 # installed wheel runs what a checkout runs.
@@ -352,7 +353,7 @@ MOVED_MODEL_OPTIONS = {
 
 
 def current_model_options(saved: dict, resuming: bool) -> dict:
-    """A checkpoint's model options as the model takes them now (``module.grouped_options``: older checkpoints'
+    """A checkpoint's model options as the model takes them now (``compat.grouped_options``: older checkpoints'
     flat options in their groups, those that moved to callbacks left out). A resumed fit that used a moved one is
     told how to go on with it."""
     for option, (off, instead) in MOVED_MODEL_OPTIONS.items():

@@ -10,7 +10,6 @@ sizes the schedule through one attribute, ``schedule_steps``. What keeps runs sa
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from typing_extensions import override
 
-from vgg_lightning import schedules, tta
+from vgg_lightning import compat, schedules, tta
 from vgg_lightning.errors import ConfigError
 from vgg_lightning.metrics import EvalReport, RunningLossAccuracy
 from vgg_lightning.models import CONFIGS, NetOptions, first_conv, whiten_init
@@ -350,7 +349,7 @@ class VGGClassifier(L.LightningModule):
 
             saved = read(checkpoint_path).get("hyper_parameters") or {}
             if saved and "net" not in saved:
-                kwargs = {**grouped_options(saved), **kwargs}
+                kwargs = {**compat.grouped_options(saved), **kwargs}
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- checkpoints: what a trained model needs without its data set -------------------------------------------
@@ -374,7 +373,7 @@ class VGGClassifier(L.LightningModule):
             self._saved_normalization = (tuple(data["mean"]), tuple(data["std"]))
         elif checkpoint.get("normalization"):  # written by the model itself before the data module owned it
             self._saved_normalization = tuple(tuple(v) for v in checkpoint["normalization"])
-        _move_legacy_ema(checkpoint)
+        compat.move_model_ema(checkpoint)
 
 
 def _plain(value: Any) -> Any:
@@ -399,42 +398,3 @@ def _as(kind: type, value: Any) -> Any:
     if unknown:
         raise ConfigError(f"{kind.__name__} has no option {', '.join(unknown)}; it has {', '.join(sorted(names))}")
     return kind(**_plain(dict(value or {})))
-
-
-# Where each model option of the flat signature before 2026-12-03 went (checkpoints and hparams files of that time
-# still load): the group and the name in it.
-FLAT_OPTIONS = {
-    **{f.name: ("net", f.name) for f in fields(NetOptions)},
-    **{f.name: ("optim", f.name) for f in fields(OptimOptions) if f.name != "name"},
-    "optimizer": ("optim", "name"),
-    "tta_flip": ("tta", "flip"),
-    "tta_shift": ("tta", "shift"),
-}
-
-
-def grouped_options(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's model options as the model takes them now: flat options of older checkpoints put into their
-    groups; options that are no longer the model's (``ema_decay``, ``lookahead``: callbacks now) left out."""
-    top = set(inspect.signature(VGGClassifier.__init__).parameters) - {"self"}
-    out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in hparams.items() if k in top}
-    for key, value in hparams.items():
-        if key in FLAT_OPTIONS and key not in top:
-            group, name = FLAT_OPTIONS[key]
-            out.setdefault(group, {})[name] = value
-    return out
-
-
-def _move_legacy_ema(checkpoint: dict[str, Any]) -> None:
-    """Checkpoints from when the EMA was part of the model (``model.ema_decay``) hold the averaged copy under
-    ``ema.module.*``: laid out as Lightning's EMAWeightAveraging saves it (the average in ``state_dict``, the trained
-    weights in ``current_model_state``), so evaluating them still uses the average and a resumed fit with the
-    callback goes on with both."""
-    state = checkpoint.get("state_dict") or {}
-    if not any(k.startswith("ema.") for k in state):
-        return
-    current = {k: v for k, v in state.items() if not k.startswith("ema.")}
-    averaged = dict(current)
-    averaged.update({"net." + k[len("ema.module.") :]: v for k, v in state.items() if k.startswith("ema.module.")})
-    checkpoint["state_dict"] = averaged
-    checkpoint["current_model_state"] = current
-    checkpoint["averaging_state"] = {k[len("ema.") :]: v for k, v in state.items() if k == "ema.n_averaged"}
