@@ -28,7 +28,7 @@ def test_view_sets_match_the_models_tta_options(cifar10_dir, tmp_path, monkeypat
     dm.setup("fit")
     images, labels = dm.val_set
     x = normalize(images, dm.mean, dm.std)
-    for shift, name in [(2, "tta_shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4"), (0, "mirror only (tta_shift 0)")]:
+    for shift, name in [(2, "tta.shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4"), (0, "mirror only (tta.shift 0)")]:
         model = VGGClassifier.load_from_checkpoint(ckpt, tta=dict(flip=True, shift=shift), weights_only=True).eval()
         with torch.no_grad():
             expected = (model.predict_logits(x).argmax(1) == labels).float().mean().item()
@@ -36,9 +36,9 @@ def test_view_sets_match_the_models_tta_options(cifar10_dir, tmp_path, monkeypat
 
 
 def test_view_sets_keep_within_the_largest_shift():
-    assert set(tta_views.view_sets(0)) == {"mirror only (tta_shift 0)"}
+    assert set(tta_views.view_sets(0)) == {"mirror only (tta.shift 0)"}
     one = tta_views.view_sets(1)
-    assert "tta_shift 1: (0,0) 1/2, (-1,-1) and (1,1) 1/4" in one and "3x3 grid of shifts by 2, equal" not in one
+    assert "tta.shift 1: (0,0) 1/2, (-1,-1) and (1,1) 1/4" in one and "3x3 grid of shifts by 2, equal" not in one
     for views in tta_views.view_sets(2).values():
         assert sum(w for w, _ in views) == pytest.approx(1.0)
 

@@ -154,7 +154,7 @@ class VGGClassifier(L.LightningModule):
         return tta.passes(bool(self.tta_options.flip), self.tta_options.shift)
 
     def tta_now(self) -> bool:
-        """Whether evaluation now averages with mirror images: ``tta_flip`` true, or ``final`` anywhere but in a
+        """Whether evaluation now averages with mirror images: ``tta.flip`` true, or ``final`` anywhere but in a
         validation of ``fit`` that is not its last (sanity check included)."""
         flip = self.tta_options.flip
         if flip != "final":

@@ -26,15 +26,15 @@ from vgg_lightning.tta import Views
 
 
 def view_sets(max_shift: int) -> dict[str, Views]:
-    """Named view sets that need shifts of at most ``max_shift``; the first is ``tta_shift 2``'s (the reference)."""
+    """Named view sets that need shifts of at most ``max_shift``; the first is ``tta.shift 2``'s (the reference)."""
     diag = [(a, b) for a in (-1, 1) for b in (-1, 1)]
     axes = [(1, 0), (-1, 0), (0, 1), (0, -1)]
     grid = range(-max_shift, max_shift + 1)
     sets: dict[str, Views] = {
-        "tta_shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4": tta.views(2),
-        "mirror only (tta_shift 0)": tta.views(0),
-        "tta_shift 2's views, equal weights": [(1 / 3, (0, 0)), (1 / 3, (-2, -2)), (1 / 3, (2, 2))],
-        "tta_shift 1: (0,0) 1/2, (-1,-1) and (1,1) 1/4": tta.views(1),
+        "tta.shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4": tta.views(2),
+        "mirror only (tta.shift 0)": tta.views(0),
+        "tta.shift 2's views, equal weights": [(1 / 3, (0, 0)), (1 / 3, (-2, -2)), (1 / 3, (2, 2))],
+        "tta.shift 1: (0,0) 1/2, (-1,-1) and (1,1) 1/4": tta.views(1),
         "(0,0) 1/2, 4 diagonal shifts of 1, 1/8 each": [(0.5, (0, 0))] + [(0.125, s) for s in diag],
         "(0,0) 1/2, 4 diagonal shifts of 2, 1/8 each": [(0.5, (0, 0))] + [(0.125, (2 * a, 2 * b)) for a, b in diag],
         "(0,0) 1/2, 4 shifts of 2 along the axes, 1/8 each": [(0.5, (0, 0))]
