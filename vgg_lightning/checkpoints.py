@@ -32,6 +32,9 @@ class UnreadableCheckpoint(DataError):
     """The file is not a checkpoint this project can read safely (truncated, garbled, or it holds code)."""
 
 
+_WRITTEN_BY_FIT = "Give a checkpoint written by this project's `fit` (lightning_logs/version_N/checkpoints/*.ckpt)"
+
+
 def read(path: Path | str) -> dict[str, Any]:
     """A checkpoint's contents, read with ``weights_only=True`` and memory-mapped (tensors are read when used).
     UnreadableCheckpoint names the file when it is truncated, not a checkpoint, or holds anything but tensors and
@@ -47,13 +50,12 @@ def read(path: Path | str) -> dict[str, Any]:
         else:
             why = f"it is truncated or not a PyTorch checkpoint ({first_line})"
         raise UnreadableCheckpoint(
-            f"checkpoint '{display_name(path)}' cannot be read: {why}. Give a checkpoint written by this project's"
-            " `fit` (lightning_logs/version_N/checkpoints/*.ckpt)"
+            f"checkpoint '{display_name(path)}' cannot be read: {why}. {_WRITTEN_BY_FIT}"
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UnreadableCheckpoint(
             f"checkpoint '{display_name(path)}' is a PyTorch file but not a Lightning checkpoint (no state_dict)."
-            " Give a checkpoint written by this project's `fit` (lightning_logs/version_N/checkpoints/*.ckpt)"
+            f" {_WRITTEN_BY_FIT}"
         )
     return ckpt
 

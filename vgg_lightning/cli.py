@@ -23,7 +23,7 @@ from typing_extensions import override
 from vgg_lightning import checkpoints, loggers, precision, quiet
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
 from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
-from vgg_lightning.compat import grouped_options
+from vgg_lightning.compat import model_options_now
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError, report
 from vgg_lightning.files import write_text_atomically
@@ -155,7 +155,7 @@ class VGGLightningCLI(LightningCLI):
             return
         hparams = dict(self.ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
-        hparams = current_model_options(hparams, self.config.subcommand == "fit")
+        hparams = model_options_now(hparams, resuming=self.config.subcommand == "fit")
         if not hparams:
             return
         self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
@@ -343,24 +343,6 @@ def check_checkpoint_fits_data(sub: str, cfg, ckpt: Optional[dict], dm) -> None:
         f"  data       ({count}): {', '.join(names) if names is not None else '(names not read yet)'}\n"
         "  Give the --data options of the run that trained it (its config.yaml), or another --ckpt_path."
     )
-
-
-# Model options of earlier versions that became callbacks: (option, its "off" value, what to add instead).
-MOVED_MODEL_OPTIONS = {
-    "ema_decay": (0.0, "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging --trainer.callbacks.decay"),
-    "lookahead": (0.0, "--trainer.callbacks+=vgg_lightning.callbacks.Lookahead --trainer.callbacks.decay"),
-}
-
-
-def current_model_options(saved: dict, resuming: bool) -> dict:
-    """A checkpoint's model options as the model takes them now (``compat.grouped_options``: older checkpoints'
-    flat options in their groups, those that moved to callbacks left out). A resumed fit that used a moved one is
-    told how to go on with it."""
-    for option, (off, instead) in MOVED_MODEL_OPTIONS.items():
-        value = saved.get(option)
-        if resuming and value not in (None, off):
-            say(f"this checkpoint's run used model.{option} {value}, now a callback: add {instead} {value}")
-    return grouped_options(saved)
 
 
 def _has_budget_plan(ckpt: dict) -> bool:

@@ -49,7 +49,12 @@ class StepClock:
             self.durations.append(now - self._last)
         return now
 
-    def validated(self, seconds: float) -> float:
-        """A validation of ``seconds`` ran inside the current interval; returns the seconds taken out so far."""
+    def validated(self, seconds: float) -> None:
+        """A validation of ``seconds`` ran inside the current interval: not step time."""
         self._validation += seconds
+
+    @property
+    def validation_in_interval(self) -> float:
+        """Validation seconds inside the interval since the last batch started (at an epoch's first batch: the
+        previous epoch's own validation)."""
         return self._validation

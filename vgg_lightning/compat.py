@@ -7,6 +7,7 @@ import inspect
 from dataclasses import fields
 from typing import Any
 
+from vgg_lightning.messages import say
 from vgg_lightning.models import NetOptions
 from vgg_lightning.optim import OptimOptions
 
@@ -49,3 +50,20 @@ def move_model_ema(checkpoint: dict[str, Any]) -> None:
     checkpoint["state_dict"] = averaged
     checkpoint["current_model_state"] = current
     checkpoint["averaging_state"] = {k[len("ema.") :]: v for k, v in state.items() if k == "ema.n_averaged"}
+
+
+# Model options of earlier versions that became callbacks: (option, its "off" value, what to add instead).
+MOVED_MODEL_OPTIONS = {
+    "ema_decay": (0.0, "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging --trainer.callbacks.decay"),
+    "lookahead": (0.0, "--trainer.callbacks+=vgg_lightning.callbacks.Lookahead --trainer.callbacks.decay"),
+}
+
+
+def model_options_now(saved: dict, resuming: bool) -> dict:
+    """``grouped_options``, and a resumed fit that used an option that moved to a callback is told how to go on
+    with it."""
+    for option, (off, instead) in MOVED_MODEL_OPTIONS.items():
+        value = saved.get(option)
+        if resuming and value not in (None, off):
+            say(f"this checkpoint's run used model.{option} {value}, now a callback: add {instead} {value}")
+    return grouped_options(saved)

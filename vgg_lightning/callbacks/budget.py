@@ -152,7 +152,7 @@ class TimeBudget(SanityTiming):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        at_epoch_end = self._steps.validated(0.0)  # the validation since the last batch: the epoch's own, at batch 0
+        at_epoch_end = self._steps.validation_in_interval  # at batch 0: the previous epoch's own validation
         now = self._steps.batch_start(batch_idx)  # a mid-epoch validation in an interval is not step time
         if batch_idx == 0 and self._last_batch_end is not None:
             # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,

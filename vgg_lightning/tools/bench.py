@@ -32,9 +32,9 @@ from typing_extensions import override
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.datamodule import STATS, ImageDataModule
 from vgg_lightning.data.loader import TensorBatchLoader
-from vgg_lightning.models import NetOptions, build_model
+from vgg_lightning.models import NetOptions
 from vgg_lightning.module import VGGClassifier
-from vgg_lightning.optim import OptimOptions, build_optimizer
+from vgg_lightning.optim import OptimOptions
 from vgg_lightning.precision import auto_precision, cpu_has_native_bf16, prefers_channels_last
 
 
@@ -100,15 +100,23 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _network(cfg: dict, device: torch.device) -> torch.nn.Module:
-    """The benchmark's VGG-BN (as ``fit`` builds it from the same options), on ``device`` in its memory format."""
-    model = build_model(
-        cfg["arch"],
+def _options(cfg: dict) -> tuple[NetOptions, OptimOptions]:
+    """The network and optimizer both loops train, from the bench's options (as ``fit`` would take them);
+    Muon at cpu.yaml's rate."""
+    net = NetOptions(
+        arch=cfg["arch"],
         width=cfg["width"],
         stage_widths=cfg["stage_widths"],
         activation=cfg["activation"],
         pool_before_bn=cfg["pool_before_bn"],
-    ).to(device)
+    )
+    fused = cfg["fused"] if cfg["optimizer"] == "sgd" else None
+    return net, OptimOptions(name=cfg["optimizer"], lr=cfg["lr"], muon_lr=0.015, fused=fused, schedule="onecycle")
+
+
+def _network(cfg: dict, device: torch.device) -> torch.nn.Module:
+    """The benchmark's VGG-BN (as ``fit`` builds it from the same options), on ``device`` in its memory format."""
+    model = _options(cfg)[0].build(num_classes=10).to(device)
     return model.to(memory_format=torch.channels_last) if cfg["channels_last"] else model
 
 
@@ -119,8 +127,7 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
         torch.set_float32_matmul_precision("high")  # as VGGClassifier.setup does
     model = _network(cfg, device)
     fwd = torch.compile(model) if cfg["compile"] else model
-    # as VGGClassifier builds it (optim.py): Muon for the filters at cpu.yaml's rate, or Nesterov SGD
-    opt = build_optimizer(model, device.type, cfg["optimizer"], lr=cfg["lr"], muon_lr=0.015, fused=cfg["fused"])
+    opt = _options(cfg)[1].build(model, device.type)  # as VGGClassifier builds it
     total = cfg["warmup"] + cfg["steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, cycle_momentum=False)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"].startswith("16"))
@@ -191,15 +198,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     """The project's fit path: VGGClassifier + ImageDataModule under Lightning's Trainer."""
     torch.manual_seed(0)
     total = cfg["warmup"] + cfg["steps"]
-    net = NetOptions(
-        arch=cfg["arch"],
-        width=cfg["width"],
-        stage_widths=cfg["stage_widths"],
-        activation=cfg["activation"],
-        pool_before_bn=cfg["pool_before_bn"],
-    )
-    fused = cfg["fused"] if cfg["optimizer"] == "sgd" else None
-    optim = OptimOptions(name=cfg["optimizer"], lr=cfg["lr"], muon_lr=0.015, fused=fused, schedule="onecycle")
+    net, optim = _options(cfg)
     model = VGGClassifier(net, optim, channels_last=cfg["channels_last"], compile=cfg["compile"])
     data = _BenchData(images, labels, cfg["batch_size"])
     timer = _StepTimer(cfg["warmup"])
