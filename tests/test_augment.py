@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vgg_lightning.data.augment import cutout, normalize, random_crop, random_flip, train_augment
+from vgg_lightning.data.augment import (
+    cutout,
+    normalize,
+    random_crop,
+    random_flip,
+    random_resized_crop,
+    train_augment,
+)
 
 
 def batch(n=16, seed=0):
@@ -74,3 +81,47 @@ def test_normalize_matches_the_formula():
     out = normalize(x, mean, std, memory_format=torch.channels_last)
     assert torch.allclose(out, expected, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+# -- random-resized crop (photos) ------------------------------------------------------------------------------------
+def ramp(n=8, size=64):
+    """Images whose pixel values say where they are: channel 0 the column, channel 1 the row, channel 2 the image."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    one = torch.stack([xs * 255 // (size - 1), ys * 255 // (size - 1), torch.zeros_like(xs)])
+    return torch.stack([torch.cat([one[:2], one[2:] + i]) for i in range(n)]).to(torch.uint8)
+
+
+def test_resized_crop_takes_its_own_window_from_each_image_within_the_ranges():
+    x = ramp(n=64, size=64)
+    out = random_resized_crop(x, 32, (0.25, 0.5), (0.75, 1.3333), torch.Generator().manual_seed(0))
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[:, 2], x[:, 2, :32, :32])  # each output comes from its own image
+    # the window each image got, read back from the column and row ramps
+    width = (out[:, 0, :, -1].float().mean(1) - out[:, 0, :, 0].float().mean(1)) * 63 / 255 * 32 / 31
+    height = (out[:, 1, -1, :].float().mean(1) - out[:, 1, 0, :].float().mean(1)) * 63 / 255 * 32 / 31
+    area = width * height / 64**2
+    assert area.min() > 0.2 and area.max() < 0.56, (area.min(), area.max())
+    ratio = width / height
+    assert ratio.min() > 0.7 and ratio.max() < 1.4
+    assert width.std() > 1 and out[:, 0, 0, 0].float().std() > 5  # sizes and positions differ per image
+
+
+def test_resized_crop_of_the_whole_image_at_its_own_size_is_the_image():
+    x = ramp(n=4, size=48)
+    out = random_resized_crop(x, 48, (1.0, 1.0), (1.0, 1.0), torch.Generator().manual_seed(0))
+    assert (out.int() - x.int()).abs().max() <= 1
+
+
+def test_resized_crop_is_seeded():
+    x = batch(n=8)
+    a = random_resized_crop(x, 32, generator=torch.Generator().manual_seed(5))
+    b = random_resized_crop(x, 32, generator=torch.Generator().manual_seed(5))
+    c = random_resized_crop(x, 32, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_train_augment_uses_the_resized_crop_when_asked():
+    x = ramp(n=16, size=64)
+    out = train_augment(x, crop_padding=4, flip=False, resized_crop=((0.3, 0.3), (1.0, 1.0)), size=64)
+    spans = out[:, 0, :, -1].float().mean(1) - out[:, 0, :, 0].float().mean(1)
+    assert out.shape == x.shape and bool((spans < 0.6 * 255).all())  # about sqrt(0.3) of the width: zoomed in

@@ -71,3 +71,10 @@ def test_bench_takes_fits_optimizer_and_activation_in_both_loops(monkeypatch, ca
     out = capsys.readouterr().out
     assert "BN gelu" in out and "; muon;" in out
     assert len(made) == 2  # the plain loop's and the Lightning module's
+
+
+def test_bench_serves_images_from_a_mapped_file_when_asked(capsys):
+    summary = run(arch="vgg11", width=0.125, batch_size=4, steps=2, warmup=1, repeats=1, image_size=64, mapped=True)
+    out = capsys.readouterr().out
+    assert "served from a memory-mapped file" in out and "synthetic uint8 tensors (12 images)" in out
+    assert summary["lightning"]["images_per_s"] > 0 and summary["plain"]["images_per_s"] > 0

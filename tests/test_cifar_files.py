@@ -16,10 +16,10 @@ def test_reads_cifar10(cifar10_dir):
     dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=50)
     dm.setup("fit")
     dm.setup("test")
-    images, labels = dm.train_set
+    images, labels = dm.train_set.images(), dm.train_set.labels
     assert images.dtype == torch.uint8 and images.shape == (150, 3, 32, 32)
     assert labels.dtype == torch.int64 and int(labels.max()) <= 9
-    assert dm.test_set[0].shape == (40, 3, 32, 32)
+    assert dm.test_set.images().shape == (40, 3, 32, 32)
     assert dm.class_names[0] == "airplane" and len(dm.class_names) == 10
 
 
@@ -38,7 +38,7 @@ def test_reads_cifar100(cifar100_dir):
     dm = ImageDataModule(dataset="cifar100", data_dir=str(cifar100_dir), download=False, val_size=20)
     dm.setup("fit")
     assert dm.num_classes == 100 and len(dm.class_names) == 100
-    assert dm.train_set[0].shape == (100, 3, 32, 32)
+    assert dm.train_set.images().shape == (100, 3, 32, 32)
 
 
 def test_accepts_the_batch_folder_itself(cifar10_dir):

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from vgg_lightning.data import image_sets
 from vgg_lightning.data import loader as loader_mod
 from vgg_lightning.data.datamodule import ConfigError, ImageDataModule
+from vgg_lightning.data.image_sets import ImageSet
 from vgg_lightning.data.loader import TensorBatchLoader
 
 
@@ -19,21 +21,73 @@ def keys(images):
 
 def test_split_is_disjoint_complete_and_seeded(cifar10_dir):
     a, b, c = split(cifar10_dir, 0), split(cifar10_dir, 0), split(cifar10_dir, 1)
-    train, val = keys(a.train_set[0]), keys(a.val_set[0])
-    assert len(a.val_set[1]) == 50 and len(a.train_set[1]) == 150
+    train, val = keys(a.train_set.images()), keys(a.val_set.images())
+    assert len(a.val_set.labels) == 50 and len(a.train_set.labels) == 150
     assert not train & val
     dm_all = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=1)
     dm_all.setup("fit")
-    everything = keys(dm_all.train_set[0]) | keys(dm_all.val_set[0])
+    everything = keys(dm_all.train_set.images()) | keys(dm_all.val_set.images())
     assert train | val == everything and len(everything) == 200
-    assert torch.equal(a.val_set[0], b.val_set[0])
-    assert keys(c.val_set[0]) != val
+    assert torch.equal(a.val_set.images(), b.val_set.images())
+    assert keys(c.val_set.images()) != val
 
 
 def test_test_set_is_not_in_train_or_val(cifar10_dir):
     dm = split(cifar10_dir)
     dm.setup("test")
-    assert not keys(dm.test_set[0]) & (keys(dm.train_set[0]) | keys(dm.val_set[0]))
+    assert not keys(dm.test_set.images()) & (keys(dm.train_set.images()) | keys(dm.val_set.images()))
+
+
+def test_splits_are_index_sets_into_one_store(cifar10_dir):
+    dm = split(cifar10_dir)
+    assert dm.train_set.store is dm.val_set.store  # no copy of the images to split them
+    assert dm.train_set.store.data_ptr() == dm.val_set.store.data_ptr()
+    assert not set(dm.train_set.rows.tolist()) & set(dm.val_set.rows.tolist())
+    assert len(dm.train_set.rows) + len(dm.val_set.rows) == len(dm.train_set.store)
+    assert dm.train_set.nbytes == 150 * 3 * 32 * 32
+
+
+def test_the_data_goes_to_the_gpu_where_it_fits_and_says_so():
+    gb = 10**9
+    on, line = image_sets.place_on_device(2 * gb, 100 * gb, None, "cuda:0")
+    assert on and line.startswith("data: 2.00 GB on cuda:0")
+    on, line = image_sets.place_on_device(60 * gb, 100 * gb, None, "cuda:0")  # more than half of what is free
+    assert not on and "host memory, gathered a few batches ahead" in line and "data_on_device true" in line
+    assert image_sets.place_on_device(60 * gb, 100 * gb, True, "cuda:0")[0]  # asked, and it fits
+    assert not image_sets.place_on_device(1 * gb, 100 * gb, False, "cuda:0")[0]
+    with pytest.raises(ConfigError, match=r"data's 120.00 GB do not fit in the 100.0 GB free on cuda:0"):
+        image_sets.place_on_device(120 * gb, 100 * gb, True, "cuda:0")
+
+
+def test_a_store_shared_by_two_sets_is_moved_once():
+    store, labels = torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10)
+    a, b = ImageSet(store, labels, torch.arange(5)), ImageSet(store, labels, torch.arange(5, 10))
+    moved = image_sets.move([a, None, b], torch.device("meta"))
+    assert moved[1] is None and moved[0].store is moved[2].store and moved[0].store.device.type == "meta"
+    assert image_sets.store_bytes([a, b]) == store.numel()
+
+
+def test_prefetching_loader_gives_the_same_batches_and_stops_with_its_consumer():
+    import threading
+
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 8, 8).contiguous()
+    labels = torch.arange(100)
+    kwargs = dict(batch_size=8, shuffle=True, drop_last=True, seed=2, alternate_flip=True)
+    plain = TensorBatchLoader(ImageSet(images, labels), **kwargs)
+    ahead = TensorBatchLoader(ImageSet(images, labels), prefetch=3, **kwargs)
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        ahead.set_epoch(epoch)
+        for (x1, y1), (x2, y2) in zip(plain, ahead, strict=True):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    it = iter(ahead)
+    next(it)
+    assert ahead.batches_served == 1  # counted as handed out, not as gathered ahead
+    it.close()  # Lightning stopping mid-epoch (max_steps, a time budget)
+    assert not [t for t in threading.enumerate() if t.name == "batch-prefetch"]
+    broken = TensorBatchLoader(ImageSet(images[:50], labels), prefetch=2, **kwargs)  # rows past the store
+    with pytest.raises(IndexError):
+        list(broken)
 
 
 def test_val_size_must_leave_training_images(cifar10_dir):
@@ -51,14 +105,14 @@ def test_data_dir_that_is_a_file(tmp_path):
 def test_loader_batches_and_epochs():
     images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 32, 32)
     labels = torch.arange(100)
-    train = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True, seed=3)
+    train = TensorBatchLoader(ImageSet(images, labels), batch_size=32, shuffle=True, drop_last=True, seed=3)
     assert len(train) == 3
     epoch0 = torch.cat([y for _, y in train])
     assert len(epoch0) == 96 and len(set(epoch0.tolist())) == 96
     assert torch.equal(epoch0, torch.cat([y for _, y in train]))  # same epoch, same order
     train.sampler.set_epoch(1)
     assert not torch.equal(epoch0, torch.cat([y for _, y in train]))
-    val = TensorBatchLoader(images, labels, batch_size=32, shuffle=False, drop_last=False)
+    val = TensorBatchLoader(ImageSet(images, labels), batch_size=32, shuffle=False, drop_last=False)
     assert len(val) == 4 and torch.equal(torch.cat([y for _, y in val]), labels)
     x, y = next(iter(val))
     assert x.dtype == torch.uint8 and torch.equal(x[:, 0, 0, 0], y.to(torch.uint8))
@@ -70,7 +124,7 @@ def test_each_rank_gets_its_own_shard(monkeypatch):
     shards = []
     for rank in range(2):
         monkeypatch.setattr(loader_mod, "_rank_and_world", lambda rank=rank: (rank, 2))
-        loader = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=0)
+        loader = TensorBatchLoader(ImageSet(images, labels), batch_size=10, shuffle=True, drop_last=True, seed=0)
         loader.set_epoch(5)
         shards.append(torch.cat([y for _, y in loader]))
         assert len(loader) == 5
@@ -143,7 +197,9 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
     n = 96
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)  # no image is its own mirror
     labels = torch.arange(n)
-    loader = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True, seed=3, alternate_flip=True)
+    loader = TensorBatchLoader(
+        ImageSet(images, labels), batch_size=32, shuffle=True, drop_last=True, seed=3, alternate_flip=True
+    )
     epochs = []
     for epoch in range(3):
         loader.set_epoch(epoch)
@@ -154,7 +210,7 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
     assert epochs[2] == epochs[0]
     loader.set_epoch(0)
     assert _mirrored_by_label(loader, images) == epochs[0]  # seeded: the same run flips the same way
-    plain = TensorBatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True, seed=3)
+    plain = TensorBatchLoader(ImageSet(images, labels), batch_size=32, shuffle=True, drop_last=True, seed=3)
     assert not any(_mirrored_by_label(plain, images).values())
 
 
@@ -170,7 +226,7 @@ def test_alternate_flip_option(cifar10_dir):
         mirrored = loader.mirrored()
         for (x, y), idx in zip(loader, loader.indices().split(32)):
             out = as_uint8(transfer(dm, x, y), dm)
-            source = dm.train_set[0][idx]
+            source = dm.train_set.images()[idx]
             # the images the loader's flags name are mirrored, the others not, and the transfer adds no flip
             expected = torch.where(mirrored[idx][:, None, None, None], source.flip(3), source)
             assert torch.equal(out, expected)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vgg_lightning.cli import main
+from vgg_lightning.data.image_sets import ImageSet
 from vgg_lightning.module import VGGClassifier
 
 from .helpers.runs import tiny
@@ -100,16 +101,16 @@ def test_loader_state_resumes_mid_epoch():
 
     images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
     labels = torch.arange(100)
-    full = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=1)
+    full = TensorBatchLoader(ImageSet(images, labels), batch_size=10, shuffle=True, drop_last=True, seed=1)
     full.set_epoch(3)
     order = [y for _, y in full]
-    cut = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=1)
+    cut = TensorBatchLoader(ImageSet(images, labels), batch_size=10, shuffle=True, drop_last=True, seed=1)
     cut.set_epoch(3)
     it = iter(cut)
     seen = [next(it)[1] for _ in range(4)]
     state = cut.state_dict()
     assert state == {"epoch": 3, "batches_served": 4}
-    resumed = TensorBatchLoader(images, labels, batch_size=10, shuffle=True, drop_last=True, seed=1)
+    resumed = TensorBatchLoader(ImageSet(images, labels), batch_size=10, shuffle=True, drop_last=True, seed=1)
     resumed.load_state_dict(state)
     resumed.set_epoch(3)
     rest = [y for _, y in resumed]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vgg_lightning.cli import main
-from vgg_lightning.data import image_folders
+from vgg_lightning.data import image_folders, pixel_cache
 from vgg_lightning.errors import DataError
 
 from .helpers.data import COLOURS, dm_for, tiny_folder_args, write_image, write_tree
@@ -35,10 +35,10 @@ def test_classes_labels_and_decoding(tree, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.jpg: not a readable image" in err  # named on its own line
     assert "1 unreadable file skipped" in err and "2 non-image files ignored" in err  # .txt and .DS_Store
-    images = torch.cat([dm.train_set[0], dm.val_set[0]])
-    labels = torch.cat([dm.train_set[1], dm.val_set[1]])
+    images = torch.cat([dm.train_set.images(), dm.val_set.images()])
+    labels = torch.cat([dm.train_set.labels, dm.val_set.labels])
     assert images.shape == (36, 3, 32, 32) and images.dtype == torch.uint8  # odd sizes, grey and RGBA: all 32x32 RGB
-    assert len(dm.val_set[1]) == 6
+    assert len(dm.val_set.labels) == 6
     for label, name in enumerate(dm.class_names):
         mean = images[labels == label].float().mean((0, 2, 3))
         grey = np.mean(COLOURS[name])  # grey images pull the mean towards the grey value
@@ -60,8 +60,9 @@ def test_the_cache_is_hit_rebuilt_on_change_and_never_trusted_when_garbled(tree,
     names = image_folders.class_names(tree)
     cache = tmp_path / "cache"
     first = image_folders.load_split(tree, "train", names, 32, cache)
-    files = list(cache.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".pt"
+    base = image_folders.cache_base(cache, tree / "train", 32)
+    assert sorted(p.name for p in cache.iterdir()) == [f"{base.name}.meta.pt", f"{base.name}.pixels"]
+    assert (cache / f"{base.name}.pixels").stat().st_size == first.images.numel()  # the raw rows, nothing else
 
     decoded = []
     real_decode = image_folders.decode_files
@@ -76,18 +77,23 @@ def test_the_cache_is_hit_rebuilt_on_change_and_never_trusted_when_garbled(tree,
     image_folders.load_split(tree, "train", names, 32, cache)
     assert len(decoded) == 2
     image_folders.load_split(tree, "train", names, 48, cache)  # another image size: its own cache
-    assert len(decoded) == 3 and len(list(cache.iterdir())) == 2
+    assert len(decoded) == 3 and len(list(cache.iterdir())) == 4
 
-    path = image_folders.cache_path(cache, tree / "train", 32)
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF  # one garbled byte among the pixels
-    path.write_bytes(bytes(raw))
+    pixels, meta = pixel_cache.pixel_path(base), pixel_cache.meta_path(base)
+    current = image_folders.load_split(tree, "train", names, 32, cache).images.clone()
+    raw = bytearray(pixels.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one garbled byte among the pixels: its chunk is decoded again, in place
+    pixels.write_bytes(bytes(raw))
     capsys.readouterr()
-    rebuilt = image_folders.load_split(tree, "train", names, 32, cache)
-    assert len(decoded) == 4 and "stale or unreadable" in capsys.readouterr().err
-    path.write_bytes(path.read_bytes()[:1000])  # truncated
-    assert torch.equal(image_folders.load_split(tree, "train", names, 32, cache).images, rebuilt.images)
-    assert len(decoded) == 5
+    repaired = image_folders.load_split(tree, "train", names, 32, cache)
+    assert len(decoded) == 4 and "1 garbled chunk (37 images); decoding them again" in capsys.readouterr().err
+    assert torch.equal(repaired.images, current) and pixels.read_bytes() != bytes(raw)
+    meta.write_bytes(meta.read_bytes()[:1000])  # a truncated meta file: rebuilt
+    assert torch.equal(image_folders.load_split(tree, "train", names, 32, cache).images, current)
+    assert len(decoded) == 5 and "stale or unreadable" in capsys.readouterr().err
+    pixels.write_bytes(pixels.read_bytes()[:-3072])  # a pixel file one image short: rebuilt
+    assert torch.equal(image_folders.load_split(tree, "train", names, 32, cache).images, current)
+    assert len(decoded) == 6 and "wrong length" in capsys.readouterr().err
 
 
 def test_cache_never_runs_code(tree, tmp_path):
@@ -98,7 +104,7 @@ def test_cache_never_runs_code(tree, tmp_path):
     names = image_folders.class_names(tree)
     cache = tmp_path / "cache"
     image_folders.load_split(tree, "train", names, 32, cache)
-    path = image_folders.cache_path(cache, tree / "train", 32)
+    path = pixel_cache.meta_path(image_folders.cache_base(cache, tree / "train", 32))
     marker = tmp_path / "ran"
 
     class Evil:
@@ -123,7 +129,7 @@ def test_data_dir_stays_untouched_and_an_unwritable_cache_only_costs_time(tree, 
     dm = dm_for(tree, tmp_path, cache_dir=str(blocked / "cache"))  # cannot be created: a file is in the way
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.train_set[1]) == 30
+    assert len(dm.train_set.labels) == 30
     assert "could not write the cache" in capsys.readouterr().err
     assert sorted((p, p.stat().st_mtime_ns) for p in tree.rglob("*")) == before
 
@@ -133,7 +139,7 @@ def test_val_folder_is_the_validation_set(tree, tmp_path):
     dm = dm_for(tree, tmp_path)
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.train_set[1]) == 36 and len(dm.val_set[1]) == 6  # all of train/, and val/ as it is
+    assert len(dm.train_set.labels) == 36 and len(dm.val_set.labels) == 6  # all of train/, and val/ as it is
 
 
 def test_decompression_bomb_is_one_skipped_file(tree, tmp_path, monkeypatch, capsys):

@@ -30,7 +30,7 @@ def test_download_verifies_and_extracts(cifar10_dir, tmp_path):
     dm = ImageDataModule(data_dir=str(target), archive_url=url, archive_md5=md5, val_size=50)
     dm.prepare_data()
     dm.setup("fit")
-    assert len(dm.train_set[1]) == 150
+    assert len(dm.train_set.labels) == 150
     assert [p.name for p in target.iterdir()] == ["cifar-10-batches-py"]  # no temporary files left
 
 

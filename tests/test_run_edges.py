@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vgg_lightning.cli import main
-from vgg_lightning.data import image_folders
+from vgg_lightning.data import image_folders, pixel_cache
 from vgg_lightning.loggers import TensorBoardLogger, claim_version
 
 from .helpers.data import COLOURS, tiny_folder_args, write_image, write_tree
@@ -138,7 +138,7 @@ def test_a_dead_builds_partial_cache_is_cleared_and_the_cache_is_group_readable(
     names = image_folders.class_names(root)
     cache = tmp_path / "cache"
     cache.mkdir()
-    path = image_folders.cache_path(cache, root / "train", 32)
+    path = pixel_cache.pixel_path(image_folders.cache_base(cache, root / "train", 32))
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     dead = cache / f"{path.name}.{ended.pid}.k2j4.partial"  # a build killed while saving

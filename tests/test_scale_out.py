@@ -14,6 +14,7 @@ from PIL import Image
 from vgg_lightning.cli import main
 from vgg_lightning.runlog import read_scalars
 
+from .helpers.data import write_tree
 from .helpers.runs import DDP, ddp_args, finish, ranks, run_cli, tiny, wait_for
 
 
@@ -55,6 +56,22 @@ def test_ddp_paced_checkpoints_over_many_short_epochs(cifar10_dir, tmp_path):
     last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 75 and last["epoch"] == 14
     assert [r["global_step"] for r in ranks(tmp_path)] == [75, 75]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads which files a process maps from /proc")
+def test_ddp_on_class_folders_maps_one_cache_and_each_rank_reads_its_own_shard(tmp_path):
+    root = write_tree(tmp_path / "photos", "train", 24)  # 3 classes x 24
+    cache = tmp_path / "cache"
+    args = ["--data.dataset", "folder", "--data.cache_dir", str(cache), "--data.val_size", "8"]
+    proc = run_cli(["fit", *ddp_args(root, *args, "--trainer.callbacks+=tests.helpers.RecordRank")], tmp_path)
+    _, err = finish(proc)
+    pixels = list(cache.glob("*.pixels"))
+    assert len(pixels) == 1 and err.count("decoded ") == 1  # decoded once, by one process of the node
+    r0, r1 = ranks(tmp_path)
+    assert (
+        r0["mapped"] == r1["mapped"] == [str(pixels[0].resolve())]
+    )  # both map the one file: the page cache holds it once
+    assert len(r0["indices"][0]) == len(r1["indices"][0]) == 32 and not set(r0["indices"][0]) & set(r1["indices"][0])
 
 
 def write_pngs(folder: Path, n: int) -> list[Path]:

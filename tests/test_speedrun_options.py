@@ -86,7 +86,7 @@ def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, mo
     dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
     dm.setup("fit")
     expected = VGGClassifier(net=dict(arch="vgg11", width=0.125)).net
-    whiten_init(first_conv(expected), normalize(dm.train_set[0][:5000], dm.mean, dm.std))
+    whiten_init(first_conv(expected), normalize(dm.train_set.images()[:5000], dm.mean, dm.std))
     k = first_conv(expected).out_channels // 2
     assert torch.allclose(first_conv(model.net).weight[:k], first_conv(expected).weight[:k], atol=1e-6)
     bns = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]

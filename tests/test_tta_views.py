@@ -26,7 +26,7 @@ def test_view_sets_match_the_models_tta_options(cifar10_dir, tmp_path, monkeypat
 
     dm = ImageDataModule(data_dir=str(cifar10_dir), download=False, val_size=40, batch_size=16)
     dm.setup("fit")
-    images, labels = dm.val_set
+    images, labels = dm.val_set.images(), dm.val_set.labels
     x = normalize(images, dm.mean, dm.std)
     for shift, name in [(2, "tta.shift 2: (0,0) 1/2, (-2,-2) and (2,2) 1/4"), (0, "mirror only (tta.shift 0)")]:
         model = VGGClassifier.load_from_checkpoint(ckpt, tta=dict(flip=True, shift=shift), weights_only=True).eval()

@@ -45,6 +45,8 @@ class RecordRank(L.Callback):
         import json
 
         self.record["world_size"] = trainer.world_size
+        with open("/proc/self/maps") as maps:  # the cache files this rank reads its images from
+            self.record["mapped"] = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".pixels")})
         self.record["global_step"] = trainer.global_step
         self.record["lr"] = [g["lr"] for g in trainer.optimizers[0].param_groups]
         self.record["weights_sum"] = float(sum(p.detach().double().sum() for p in pl_module.parameters()))

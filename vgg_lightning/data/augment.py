@@ -7,6 +7,7 @@ live there too).
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -34,6 +35,34 @@ def random_crop(
     batch = torch.arange(n, device=dev)
     bands = padded.unfold(2, h, 1)[batch, :, top]  # (n, c, W, h)
     return bands.unfold(2, w, 1)[batch, :, left]  # (n, c, h, w)
+
+
+def random_resized_crop(
+    images: torch.Tensor,
+    size: int,
+    scale: Sequence[float] = (0.35, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Per-image random-resized crop of a uint8 batch (torchvision's ``RandomResizedCrop(size, scale, ratio)``,
+    for a whole batch at once): each image gets its own window of ``scale`` times its area (uniform) and aspect
+    ratio in ``ratio`` (log-uniform), at a uniform position, resized to ``size`` x ``size`` (bilinear, several
+    samples per output pixel, so shrinking does not alias). A window wider or taller than the image is clipped to
+    it (torchvision redraws up to 10 times, then falls back to the centre)."""
+    from torchvision.ops import roi_align
+
+    n, _, h, w = images.shape
+    dev = images.device
+    area = torch.empty(n, device=dev).uniform_(float(scale[0]), float(scale[1]), generator=generator) * (h * w)
+    log_ratio = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_ratio.exp()
+    cw = (area * aspect).sqrt().clamp(1, w)
+    ch = (area / aspect).sqrt().clamp(1, h)
+    x0 = torch.rand(n, device=dev, generator=generator) * (w - cw)
+    y0 = torch.rand(n, device=dev, generator=generator) * (h - ch)
+    boxes = torch.stack([torch.arange(n, device=dev, dtype=cw.dtype), x0, y0, x0 + cw, y0 + ch], 1)
+    out = roi_align(images.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -94,9 +123,15 @@ def train_augment(
     cutout_size: int = 0,
     generator: Optional[torch.Generator] = None,
     padding_mode: str = "constant",
+    resized_crop: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+    size: Optional[int] = None,
 ) -> torch.Tensor:
-    """The training augmentation on a uint8 batch: crop, flip, cutout (each skipped when off)."""
-    images = random_crop(images, crop_padding, generator, padding_mode)
+    """The training augmentation on a uint8 batch: crop (``resized_crop``: a random-resized crop with these
+    (scale, ratio) ranges to ``size``; else the padded shift crop), flip, cutout (each skipped when off)."""
+    if resized_crop is not None:
+        images = random_resized_crop(images, size or images.shape[-1], *resized_crop, generator=generator)
+    else:
+        images = random_crop(images, crop_padding, generator, padding_mode)
     if flip:
         images = random_flip(images, generator)
     return cutout(images, cutout_size, generator)

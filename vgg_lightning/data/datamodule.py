@@ -1,9 +1,10 @@
-"""CIFAR-10/100 or the user's own class folders as a LightningDataModule with a compact, in-memory data path.
+"""CIFAR-10/100 or the user's own class folders as a LightningDataModule with a compact data path.
 
 The images stay uint8 tensors (N, 3, S, S) for the whole run: a batch is one index into them, moved to the
 training device as 3 KB per 32x32 image, and augmented there as a whole batch (``on_after_batch_transfer``). On a
-GPU the whole split sits in GPU memory, so there is no host-to-device copy at all. Class folders are decoded once
-into a cache (``image_folders``) and then take the same path.
+GPU the data sits in GPU memory where it fits, so there is no host-to-device copy at all. Class folders are decoded
+once into a memory-mapped cache (``image_folders``, ``pixel_cache``): memory is bounded by the batch, not the set.
+Splits are index sets into one store (``image_sets``), never copies.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from typing_extensions import override
 
-from vgg_lightning.data import image_folders
+from vgg_lightning.data import image_folders, image_sets
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.cifar_files import (
     SPECS,
@@ -29,6 +30,7 @@ from vgg_lightning.data.cifar_files import (
     read_batches,
     read_class_names,
 )
+from vgg_lightning.data.image_sets import ImageSet
 from vgg_lightning.data.images import load_images
 from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.errors import ConfigError, DataError
@@ -40,7 +42,7 @@ STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 DATASETS = (*SPECS, "folder")
-Split = tuple[torch.Tensor, torch.Tensor]
+_AHEAD = 3  # batches a loader gathers ahead where it reads a mapped file or feeds a GPU from host memory
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -61,7 +63,13 @@ class ImageDataModule(L.LightningDataModule):
             it (CIFAR is 32).
         cache_dir: where decoded class folders are cached; default ``$XDG_CACHE_HOME/vgg_lightning`` or
             ``~/.cache/vgg_lightning`` (``data_dir`` may be read-only).
-        crop_padding: random-crop padding in pixels for training images (0 turns cropping off).
+        crop: how training images are cropped: ``pad`` shifts them (a random crop of the image padded by
+            ``crop_padding``: CIFAR's), ``resized`` takes a random-resized crop (``crop_scale`` of the area,
+            ``crop_ratio`` aspect, resized back: what photo recipes use); ``auto``: ``resized`` for class folders at
+            64 px and more, ``pad`` otherwise. Evaluation always sees the whole (centre-cropped) image.
+        crop_scale: the random-resized crop's range of areas, as fractions of the image.
+        crop_ratio: the random-resized crop's range of aspect ratios (width / height).
+        crop_padding: random-crop padding in pixels for training images with ``crop: pad`` (0 turns it off).
         padding_mode: what fills that padding: ``constant`` black (torchvision's default), ``reflect`` the
             mirrored border pixels (airbench's).
         flip: horizontal flips of training images: ``true`` mirrors each image with probability 1/2 in each batch,
@@ -70,7 +78,9 @@ class ImageDataModule(L.LightningDataModule):
         cutout: side of the square Cutout erases from each training image (0 turns it off).
         mean: per-channel mean for normalization; default: the training set's (computed for class folders).
         std: per-channel standard deviation for normalization; default: the training set's.
-        data_on_device: on a GPU, keep the whole split in GPU memory (no per-step host-to-device copy).
+        data_on_device: on a GPU, keep the images in GPU memory (no per-step host-to-device copy). Default: where
+            they take at most half of the GPU's free memory, else they stay in host memory (or the mapped cache)
+            and batches are gathered ahead into pinned memory; ``true`` that cannot fit is an error.
         archive_url: download from this mirror (http(s):// or file://) instead of the official site.
         archive_md5: the MD5 of the mirror's archive; required with ``archive_url``.
         predict_path: for ``predict``: an image file, a folder or a glob (PNG, JPEG, ...); default: the test set.
@@ -87,13 +97,16 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         image_size: PositiveInt = 32,
         cache_dir: Optional[str] = None,
+        crop: Literal["auto", "pad", "resized"] = "auto",
+        crop_scale: tuple[float, float] = (0.35, 1.0),
+        crop_ratio: tuple[float, float] = (0.75, 1.3333),
         crop_padding: NonNegativeInt = 4,
         padding_mode: Literal["constant", "reflect"] = "constant",
         flip: Union[bool, Literal["alternate"]] = True,
         cutout: NonNegativeInt = 0,
         mean: Optional[tuple[float, float, float]] = None,
         std: Optional[tuple[float, float, float]] = None,
-        data_on_device: bool = True,
+        data_on_device: Optional[bool] = None,
         archive_url: Optional[str] = None,
         archive_md5: Optional[str] = None,
         predict_path: Optional[str] = None,
@@ -116,6 +129,10 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.crop_padding {crop_padding} is too large to reflect a {image_size}-pixel image: give less than"
                 f" {image_size}, or --data.padding_mode constant"
             )
+        if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
+            raise ConfigError(f"data.crop_scale must be two fractions 0 < low <= high <= 1, got {list(crop_scale)}")
+        if not (0 < crop_ratio[0] <= crop_ratio[1]):
+            raise ConfigError(f"data.crop_ratio must be two aspect ratios 0 < low <= high, got {list(crop_ratio)}")
         if image_size < 32:
             raise ConfigError(f"data.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         self.save_hyperparameters()
@@ -127,19 +144,26 @@ class ImageDataModule(L.LightningDataModule):
         self.mean: Optional[tuple] = tuple(mean or default_mean) if (mean or default_mean) else None
         self.std: Optional[tuple] = tuple(std or default_std) if (std or default_std) else None
         self.class_names: list[str] = []
-        self.train_set: Optional[Split] = None
-        self.val_set: Optional[Split] = None
-        self.test_set: Optional[Split] = None
-        self.predict_set: Optional[Split] = None
+        self.train_set: Optional[ImageSet] = None
+        self.val_set: Optional[ImageSet] = None
+        self.test_set: Optional[ImageSet] = None
+        self.predict_set: Optional[ImageSet] = None
         self.predict_files: list[Path] = []  # the images of predict_set, in order
         self.skipped_files: list[tuple[Path, str]] = []  # unreadable files, and why
         self._folder_splits_loaded: dict[str, Optional[image_folders.FolderSplit]] = {}
+        self._host_to_gpu = False  # a GPU run whose images stay in host memory (see _place)
         self._train_loader: Optional[TensorBatchLoader] = None
         self._train_loader_state: Optional[dict[str, int]] = None  # from a checkpoint, for the next train loader
 
     @property
     def image_size(self) -> int:
         return self.hparams.image_size
+
+    @property
+    def resized_crop(self) -> bool:
+        """Whether training images get the random-resized crop (``crop``; ``auto``: photos at 64 px and more)."""
+        crop = self.hparams.crop
+        return crop == "resized" or (crop == "auto" and self.is_folder and self.hparams.image_size >= 64)
 
     @property
     def num_classes(self) -> int:
@@ -166,6 +190,7 @@ class ImageDataModule(L.LightningDataModule):
         """Download CIFAR, or decode and cache class folders: once per node (Lightning calls this on one process)."""
         if self._predicting_files():
             return
+        self._check_asked_placement()
         if self.is_folder:
             for split in self._folder_splits():
                 self._load_folder_split(split, build=True)
@@ -217,19 +242,14 @@ class ImageDataModule(L.LightningDataModule):
             images, self.predict_files, self.skipped_files = load_images(
                 self.hparams.predict_path, self.hparams.num_workers, self.hparams.image_size
             )
-            self.predict_set = (images, torch.full((len(images),), -1, dtype=torch.long))
+            self.predict_set = ImageSet(images, torch.full((len(images),), -1, dtype=torch.long))
         need_train = stage in (None, "fit", "validate") and self.train_set is None
         need_test = stage in (None, "test", "predict") and self.test_set is None and not from_files
         if self.is_folder:
             self._setup_folders(need_train, need_test)
         else:
             self._setup_cifar(need_train, need_test, from_files)
-        # Once, on the device the run trains on (a no-op on CPU or when already there).
-        device = self._data_device()
-        for name in ("train_set", "val_set", "test_set", "predict_set"):
-            split = getattr(self, name)
-            if split is not None:
-                setattr(self, name, (split[0].to(device), split[1].to(device)))
+        self._place()
 
     def _setup_cifar(self, need_train: bool, need_test: bool, from_files: bool) -> None:
         # Predicting on image files needs no CIFAR files: the class names then come from the checkpoint.
@@ -242,7 +262,7 @@ class ImageDataModule(L.LightningDataModule):
             )
             self.train_set, self.val_set = self.split(images, labels)
         if need_test:
-            self.test_set = read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes)
+            self.test_set = ImageSet(*read_batches([root / self.spec.test_file], self.spec.label_key, self.num_classes))
 
     def _setup_folders(self, need_train: bool, need_test: bool) -> None:
         if not (need_train or need_test):
@@ -259,11 +279,9 @@ class ImageDataModule(L.LightningDataModule):
             val = self._load_folder_split("val", build=False)
             if val is None:
                 self.train_set, self.val_set = self.split_files(train.images, train.labels, train.files)
-                parts.append(
-                    f"{len(self.train_set[1]):,} train + {len(self.val_set[1]):,} val images (split off train/)"
-                )
+                parts.append(f"{len(self.train_set):,} train + {len(self.val_set):,} val images (split off train/)")
             else:
-                self.train_set, self.val_set = (train.images, train.labels), (val.images, val.labels)
+                self.train_set, self.val_set = ImageSet(train.images, train.labels), ImageSet(val.images, val.labels)
                 parts.append(f"{len(train.labels):,} train + {len(val.labels):,} val images (val/)")
                 skipped += len(val.skipped)
         if need_test:
@@ -274,7 +292,7 @@ class ImageDataModule(L.LightningDataModule):
                     f"images in {self.data_dir / 'test'}/<class>/, or use `validate`, or `predict "
                     f"--data.predict_path FILES`.\n{image_folders.LAYOUT}"
                 )
-            self.test_set = (test.images, test.labels)
+            self.test_set = ImageSet(test.images, test.labels)
             parts.append(f"{len(test.labels):,} test images")
             skipped += len(test.skipped)
         self._folder_splits_loaded.clear()  # the splits above hold what they need
@@ -282,6 +300,11 @@ class ImageDataModule(L.LightningDataModule):
         say(
             f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
             + (f", {image_folders.count_of(skipped, 'unreadable file')} skipped" if skipped else "")
+            + (
+                f", random-resized crops of {self.hparams.crop_scale[0]:g}-{self.hparams.crop_scale[1]:g} of each image"
+                if need_train and self.resized_crop
+                else ""
+            )
             + f" (cache in {self.cache_dir}, {time.perf_counter() - t0:.1f} s)"
         )
 
@@ -294,14 +317,15 @@ class ImageDataModule(L.LightningDataModule):
             )
         return val_size
 
-    def split(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[Split, Split]:
-        """(train, val) by a permutation seeded with ``split_seed``: disjoint, complete, repeatable."""
+    def split(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[ImageSet, ImageSet]:
+        """(train, val) by a permutation seeded with ``split_seed``: disjoint, complete, repeatable; two index
+        sets into ``images``, no copy."""
         val_size = self._checked_val_size(len(labels))
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val_idx, train_idx = order[:val_size], order[val_size:]
-        return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+        return ImageSet(images, labels, train_idx), ImageSet(images, labels, val_idx)
 
-    def split_files(self, images: torch.Tensor, labels: torch.Tensor, files: list[str]) -> tuple[Split, Split]:
+    def split_files(self, images: torch.Tensor, labels: torch.Tensor, files: list[str]) -> tuple[ImageSet, ImageSet]:
         """(train, val) of class-folder images, each file's side decided by a hash of its relative path and
         ``split_seed``: the ``val_size`` files with the smallest hashes validate. Adding or removing a file moves
         no other file, except that one file crosses over when the change falls inside the validation set (the set
@@ -318,19 +342,51 @@ class ImageDataModule(L.LightningDataModule):
         order = sorted(range(len(files)), key=keys.__getitem__)
         val_idx = torch.tensor(sorted(order[:val_size]), dtype=torch.long)
         train_idx = torch.tensor(sorted(order[val_size:]), dtype=torch.long)
-        return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+        return ImageSet(images, labels, train_idx), ImageSet(images, labels, val_idx)
 
     def training_sample(self, count: int) -> torch.Tensor:
         """The first ``count`` training images as the model sees them (normalized float, on the CPU): for starts
         computed from the data (``model.net.whiten``)."""
         assert self.train_set is not None and self.mean and self.std, "setup('fit') has not run"
-        return normalize(self.train_set[0][:count].cpu(), self.mean, self.std)
+        return normalize(self.train_set.head(count).cpu(), self.mean, self.std)
 
-    def _data_device(self) -> torch.device:
+    def _place(self) -> None:
+        """The images go to the GPU the run uses where they fit (``image_sets.place_on_device``), said once; else
+        loaders gather batches ahead into pinned memory. On a CPU they stay where they are."""
         trainer = self.trainer
-        if self.hparams.data_on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
-            return trainer.strategy.root_device
-        return torch.device("cpu")
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if device.type != "cuda":
+            return
+        names = ("train_set", "val_set", "test_set", "predict_set")
+        sets = [getattr(self, n) for n in names]
+        away = [s for s in sets if s is not None and s.store.device != device]
+        if not away:
+            return
+        free, _ = torch.cuda.mem_get_info(device)
+        on_device, line = image_sets.place_on_device(
+            image_sets.store_bytes(away), free, self.hparams.data_on_device, str(device)
+        )
+        say(line)
+        self._host_to_gpu = not on_device
+        if on_device:
+            for name, moved in zip(names, image_sets.move(sets, device)):
+                setattr(self, name, moved)
+
+    def _check_asked_placement(self) -> None:
+        """An explicit data.data_on_device true that cannot fit: one message before anything is decoded."""
+        trainer = self.trainer
+        if self.hparams.data_on_device is not True or trainer is None:
+            return
+        device = trainer.strategy.root_device
+        if device.type != "cuda":
+            return
+        if self.is_folder:
+            names = self._folder_class_names()
+            count = sum(len(image_folders.scan(self.data_dir / s, names).files) for s in self._folder_splits())
+        else:
+            count = 60_000  # CIFAR-10 and -100: 50,000 training and 10,000 test images
+        size = self.hparams.image_size
+        image_sets.place_on_device(count * 3 * size * size, torch.cuda.mem_get_info(device)[0], True, str(device))
 
     # -- checkpoints carry the normalization (evaluating a checkpoint uses the run's own) and the training loader's
     # position (a run resumed mid-epoch goes on with the batches that epoch had not seen). Lightning 2.6 saves
@@ -350,17 +406,20 @@ class ImageDataModule(L.LightningDataModule):
         self._train_loader_state = state_dict.get("train_loader")
 
     # -- loaders ----------------------------------------------------------------------------------------------
-    def _loader(self, split: Optional[Split], train: bool) -> TensorBatchLoader:
+    def _loader(self, split: Optional[ImageSet], train: bool) -> TensorBatchLoader:
         assert split is not None, "setup() has not loaded this split"
-        bs = self.hparams.batch_size
-        alternate = train and self.hparams.flip == "alternate"
+        # In-memory CIFAR on a CPU gathers each batch when asked (the fastest there); a mapped cache, or host
+        # memory feeding a GPU, is gathered ahead in a thread.
+        ahead = split.store.device.type == "cpu" and (self.is_folder or self._host_to_gpu)
         return TensorBatchLoader(
-            *split,
-            batch_size=bs,
+            split,
+            batch_size=self.hparams.batch_size,
             shuffle=train,
             drop_last=train,
             seed=self.hparams.split_seed,
-            alternate_flip=alternate,
+            alternate_flip=train and self.hparams.flip == "alternate",
+            prefetch=_AHEAD if ahead else 0,
+            pin_memory=self._host_to_gpu and split.store.device.type == "cpu",
         )
 
     @override
@@ -385,7 +444,9 @@ class ImageDataModule(L.LightningDataModule):
 
     # -- on-device transforms ---------------------------------------------------------------------------------
     @override
-    def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Split:
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, torch.Tensor):  # the model summary's example input, already a float batch
             return batch
         images, labels = batch
@@ -397,7 +458,14 @@ class ImageDataModule(L.LightningDataModule):
             if self.trainer is not None and self.trainer.training:
                 h = self.hparams
                 # "alternate" flips are done by the loader, which knows each image's index
-                images = train_augment(images, h.crop_padding, h.flip is True, h.cutout, padding_mode=h.padding_mode)
+                images = train_augment(
+                    images,
+                    h.crop_padding,
+                    h.flip is True,
+                    h.cutout,
+                    padding_mode=h.padding_mode,
+                    resized_crop=(h.crop_scale, h.crop_ratio) if self.resized_crop else None,
+                )
             images = normalize(images, self.mean, self.std)
         return images, labels
 

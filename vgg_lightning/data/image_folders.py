@@ -1,10 +1,11 @@
 """A data set given as class folders (``DIR/train/<class>/*``, optional ``val/`` and ``test/``), decoded once.
 
 Decoding thousands of JPEG or PNG files takes far longer than an epoch on a GPU, so each split is decoded once
-into a uint8 cache file (images, labels, class names, file list, per-channel mean and std). The cache is keyed by
-every file's path, size and modification time and by the image size: an added, removed or changed file rebuilds
-it. It is a ``torch.save`` file of tensors, strings and numbers only, read back with ``weights_only=True``, so
-loading it never runs code; a truncated or garbled cache (the pixels carry a CRC-32) is rebuilt, never trusted.
+into a cache (``pixel_cache``: a uint8 pixel file, memory-mapped when read, and a meta file of labels, class names,
+file list, per-channel mean and std). The cache is keyed by every file's path, size and modification time and by
+the image size: an added, removed or changed file rebuilds it. The meta file holds tensors, strings and numbers
+only, read back with ``weights_only=True``, so loading it never runs code; a garbled chunk of pixels is decoded
+again, anything else off rebuilds the cache: it is never trusted.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ import os
 import re
 import time
 import unicodedata
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
+from vgg_lightning.data import pixel_cache
 from vgg_lightning.data.images import decode_files, image_extensions
 from vgg_lightning.errors import DataError
-from vgg_lightning.files import DiskFullError, atomic_path, display_name
+from vgg_lightning.files import DiskFullError, display_name
 from vgg_lightning.messages import log
 
-# 2: large images shrunk while decoding (images.decode_image), 16-bit greyscale scaled
-CACHE_VERSION = 2
+# 2: large images shrunk while decoding (images.decode_image), 16-bit greyscale scaled; 3: mapped pixel file
+CACHE_VERSION = 3
 LAYOUT = (
     "  Expected layout:\n"
     "    DIR/train/<class name>/<image files>   (required; class names are the folder names)\n"
@@ -171,7 +173,7 @@ def _unsafe_link(link: str, split_real: str, seen: set[str]) -> str:
 
 @dataclass
 class FolderSplit:
-    """One split, decoded: what the cache holds."""
+    """One split, decoded: the pixels (memory-mapped from the cache, or in memory) and what goes with them."""
 
     images: torch.Tensor  # uint8 (N, 3, S, S)
     labels: torch.Tensor  # int64 (N,)
@@ -181,50 +183,6 @@ class FolderSplit:
     ignored: int  # non-image files
     mean: tuple[float, float, float]  # per-channel, of these images, in [0, 1]
     std: tuple[float, float, float]
-
-    def checksum(self) -> int:
-        return zlib.crc32(self.labels.numpy(), zlib.crc32(self.images.numpy()))
-
-    def to_state(self, key: str) -> dict:
-        return {
-            "version": CACHE_VERSION,
-            "key": key,
-            "crc32": self.checksum(),
-            "images": self.images,
-            "labels": self.labels,
-            "class_names": self.class_names,
-            "files": self.files,
-            "skipped": [list(s) for s in self.skipped],
-            "ignored": self.ignored,
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict, key: str, image_size: int) -> "FolderSplit":
-        """Checks everything a garbled file could get wrong; ValueError when anything is off."""
-        if state.get("version") != CACHE_VERSION or state.get("key") != key:
-            raise ValueError("made for other files or another image size")
-        images, labels = state["images"], state["labels"]
-        n, names = len(state["files"]), state["class_names"]
-        if not (
-            isinstance(images, torch.Tensor)
-            and images.dtype == torch.uint8
-            and tuple(images.shape) == (n, 3, image_size, image_size)
-        ):
-            raise ValueError("images have the wrong type or shape")
-        if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (n,)):
-            raise ValueError("labels have the wrong type or shape")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
-            raise ValueError("labels out of range")
-        mean, std = tuple(float(v) for v in state["mean"]), tuple(float(v) for v in state["std"])
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError("mean/std are not per-channel")
-        skipped = [(str(a), str(b)) for a, b in state["skipped"]]
-        split = cls(images, labels, list(names), list(state["files"]), skipped, int(state["ignored"]), mean, std)  # type: ignore[arg-type]
-        if split.checksum() != state["crc32"]:
-            raise ValueError("its images do not match their checksum")
-        return split
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -244,12 +202,13 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def cache_path(cache_dir: Path, split_dir: Path, image_size: int) -> Path:
-    """One cache file per split folder and image size (a rebuild replaces it, so stale caches do not pile up)."""
+def cache_base(cache_dir: Path, split_dir: Path, image_size: int) -> Path:
+    """One cache per split folder and image size (a rebuild replaces it, so stale caches do not pile up); its two
+    files are this name plus ``.pixels`` and ``.meta.pt`` (pixel_cache)."""
     where = split_dir.resolve()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{where.parent.name}_{where.name}")[-60:]
     digest = hashlib.sha1(os.fsencode(where)).hexdigest()[:12]
-    return cache_dir / f"{slug}-{digest}-{image_size}px.pt"
+    return cache_dir / f"{slug}-{digest}-{image_size}px"
 
 
 def count_of(n: int, thing: str) -> str:
@@ -261,10 +220,13 @@ def _say(message: str) -> None:
     log.info(message)  # from the process that scans or decodes (prepare_data: one per node)
 
 
-def _decode(listing: FileList, names: list[str], image_size: int, workers: int) -> FolderSplit:
-    """Decode every file of the split; unreadable ones are named and skipped; a class left empty is an error."""
+def _decode(
+    listing: FileList, names: list[str], image_size: int, workers: int, out: Optional[np.ndarray] = None
+) -> FolderSplit:
+    """Decode every file of the split (into ``out`` when given: the cache's mapped pixel file); unreadable ones
+    are named and skipped; a class left empty is an error."""
     t0 = time.perf_counter()
-    images, kept, skipped = decode_files([listing.root / f for f in listing.files], image_size, workers)
+    images, kept, skipped = decode_files([listing.root / f for f in listing.files], image_size, workers, out=out)
     for path, why in skipped:
         _say(f"skipped {display_name(path)}: not a readable image ({why})")
     labels = torch.tensor([listing.labels[i] for i in kept], dtype=torch.long)
@@ -296,23 +258,79 @@ def _decode(listing: FileList, names: list[str], image_size: int, workers: int) 
     return split
 
 
-def _save(state: dict, path: Path) -> None:
-    needed = state["images"].nbytes + state["labels"].nbytes
-    with atomic_path(path, needed=needed, hint="set --data.cache_dir to a disk with room") as tmp:
-        torch.save(state, tmp)
+def _build(listing: FileList, names: list[str], image_size: int, workers: int, base: Path, key: str) -> FolderSplit:
+    """Decode straight into a new cache (pixel_cache.writing) and map it back read-only."""
+    pixel_cache.remove(base)
+    with pixel_cache.writing(
+        base, len(listing.files), image_size, hint="set --data.cache_dir to a disk with room"
+    ) as w:
+        split = _decode(listing, names, image_size, workers, out=w.pixels)
+        pixels = w.finish(len(split.labels))
+    meta = pixel_cache.Meta(
+        key,
+        image_size,
+        split.labels,
+        split.class_names,
+        split.files,
+        split.skipped,
+        split.ignored,
+        split.mean,
+        split.std,
+        pixel_cache.chunk_checksums(pixels, image_size),
+    )
+    meta.save(base)
+    split.images = pixel_cache.as_tensor(pixels)
+    return split
 
 
-def _read_cache(path: Path, key: str, image_size: int) -> Optional[FolderSplit]:
-    """The cached split, or None (with one line saying why) when it is missing, stale or unreadable."""
-    if not path.is_file():
+def _read_cache(base: Path, key: str, image_size: int, root: Path, workers: int, check: bool) -> Optional[FolderSplit]:
+    """The cached split, mapped, or None (with one line saying why) when it is missing, stale or unreadable. With
+    ``check`` every chunk's checksum is compared, and garbled chunks are decoded again in place."""
+    if not pixel_cache.meta_path(base).is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # images read when used
-        return FolderSplit.from_state(state, key, image_size)
+        meta = pixel_cache.Meta.load(base, key, image_size)
     except Exception as e:  # truncated zip, garbled pickle, wrong contents: rebuild rather than trust it
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        _say(f"cache {path} is stale or unreadable ({reason}); rebuilding it")
+        _say(f"cache {pixel_cache.meta_path(base)} is stale or unreadable ({reason}); rebuilding it")
         return None
+    pixels = pixel_cache.map_pixels(pixel_cache.pixel_path(base), len(meta.files), meta.image_size)
+    if check:
+        bad = pixel_cache.garbled_chunks(pixels, meta.image_size, meta.checksums)
+        if bad and not _repair(base, meta, root, bad, workers):
+            return None
+    return FolderSplit(
+        pixel_cache.as_tensor(pixels),
+        meta.labels,
+        meta.class_names,
+        meta.files,
+        meta.skipped,
+        meta.ignored,
+        meta.mean,
+        meta.std,
+    )
+
+
+def _repair(base: Path, meta: pixel_cache.Meta, root: Path, bad: list[int], workers: int) -> bool:
+    """Decode the files of garbled chunks again, into the mapped file; False when that does not restore their
+    checksums (then the whole cache is rebuilt)."""
+    size, step, n = meta.image_size, pixel_cache.chunk_rows(meta.image_size), len(meta.files)
+    rows = sum(min(n, (c + 1) * step) - c * step for c in bad)
+    where = pixel_cache.pixel_path(base)
+    _say(f"cache {where}: {count_of(len(bad), 'garbled chunk')} ({rows:,} images); decoding them again")
+    try:
+        pixels = pixel_cache.map_pixels(where, n, size, writable=True)
+        for c in bad:
+            lo, hi = c * step, min(n, (c + 1) * step)
+            images, kept, _ = decode_files([root / f for f in meta.files[lo:hi]], size, workers)
+            if len(kept) != hi - lo:
+                return False
+            pixels[lo:hi] = images.numpy()
+        pixels.flush()
+    except OSError as e:  # a read-only cache folder: rebuild into memory instead
+        _say(f"could not repair {where} ({e.strerror or e})")
+        return False
+    return not pixel_cache.garbled_chunks(pixels, size, meta.checksums)
 
 
 def load_split(
@@ -324,10 +342,12 @@ def load_split(
     workers: int = 0,
     build: bool = True,
 ) -> Optional[FolderSplit]:
-    """The decoded split ``data_dir/<split>``, from the cache when it is current, else decoded and cached.
+    """The decoded split ``data_dir/<split>``: mapped from the cache when it is current, else decoded into a new
+    cache (``build``) or into memory.
 
-    None when the split folder does not exist. With ``build`` False a missing or stale cache is decoded but not
-    written (used where another process is responsible for writing it)."""
+    None when the split folder does not exist. ``build`` is for the one process per node that writes the cache
+    (prepare_data); it also checks every chunk of a cache it finds. The others (DDP ranks, after it) map the cache
+    as it is, and decode into memory only where it could not be written."""
     split_dir = data_dir / split
     if not split_dir.is_dir():
         return None
@@ -338,19 +358,18 @@ def load_split(
     if not listing.files:
         raise DataError(f"{split_dir}: no image files in its class folders ({listing.ignored} other files).\n{LAYOUT}")
     key = listing.key(image_size)
-    path = cache_path(cache_dir, split_dir, image_size)
-    cached = _read_cache(path, key, image_size)
+    base = cache_base(cache_dir, split_dir, image_size)
+    cached = _read_cache(base, key, image_size, split_dir, workers, check=build)
     if cached is not None:
         return cached
-    decoded = _decode(listing, names, image_size, workers)
     if build:
         try:
-            _save(decoded.to_state(key), path)
+            return _build(listing, names, image_size, workers, base, key)
         except DiskFullError as e:
-            _say(f"could not write the cache: {e}; this run goes on, the next one decodes again")
+            _say(f"could not write the cache: {e}; this run decodes into memory, the next one decodes again")
         except OSError as e:
             _say(
-                f"could not write the cache {path} ({e.strerror or e}); the next run decodes again."
-                " Set --data.cache_dir to a writable folder."
+                f"could not write the cache {pixel_cache.pixel_path(base)} ({e.strerror or e}); this run decodes into"
+                " memory, the next one decodes again. Set --data.cache_dir to a writable folder."
             )
-    return decoded
+    return _decode(listing, names, image_size, workers)

@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -150,9 +150,12 @@ def _decode_chunk(args: tuple[Sequence[str], int]) -> tuple[np.ndarray, list[tup
 
 
 def decode_files(
-    files: Sequence[Path], size: int = 32, workers: int = 0
+    files: Sequence[Path], size: int = 32, workers: int = 0, out: Optional[np.ndarray] = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
     """Decode ``files`` into (uint8 images (N, 3, size, size), positions of the decoded files, [(skipped, why)]).
+
+    ``out``: a (len(files), 3, size, size) uint8 array to decode into (a memory-mapped cache file); the images
+    returned are its first rows then. Default: a new array in memory.
 
     ``workers`` processes (0: one per CPU core) decode chunks of files in parallel; the order is kept. Each chunk is
     copied into one array as it arrives and then dropped, so memory holds the decoded set once plus the chunks in
@@ -161,7 +164,8 @@ def decode_files(
     file that kills a worker is found, named and skipped.
     """
     chunks = [(i, [str(p) for p in files[i : i + _CHUNK]]) for i in range(0, len(files), _CHUNK)]
-    out = np.empty((len(files), 3, size, size), dtype=np.uint8)  # pages are only used where rows are written
+    if out is None:
+        out = np.empty((len(files), 3, size, size), dtype=np.uint8)  # pages are only used where rows are written
     failed: dict[int, str] = {}
 
     def take(start: int, result: tuple[np.ndarray, list[tuple[int, str]], int]) -> None:

@@ -1,12 +1,17 @@
-"""The in-memory training and evaluation loader: batches sliced from uint8 tensors, seeded, shardable, stateful."""
+"""The training and evaluation loader: batches gathered from uint8 image sets, seeded, shardable, stateful, and
+(for sets read from a mapped file or copied to a GPU) gathered a few batches ahead in a background thread."""
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+
+from vgg_lightning.data.image_sets import ImageSet
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -16,7 +21,7 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class TensorBatchLoader:
-    """Yields ``(images, labels)`` batches sliced from in-memory tensors.
+    """Yields ``(images, labels)`` batches gathered from an ImageSet.
 
     Each epoch's order is a permutation seeded by ``(seed, epoch)``, so resumed runs see the same order as
     uninterrupted ones. Under DDP each rank takes every world_size-th index of that permutation: its own shard,
@@ -29,19 +34,25 @@ class TensorBatchLoader:
     seeded random half; each later epoch mirrors exactly the images the previous one did not, so every image is
     seen both ways in any two epochs in a row (random flips leave a quarter of them one-sided). The flip is done
     here because only the loader knows which image is which.
+
+    ``prefetch``: batches gathered ahead by a background thread (0: each when asked for). Gathering rows from a
+    memory-mapped cache reads the disk or the page cache, and a copy to a GPU overlaps the step only from pinned
+    memory (``pin_memory``; Lightning copies with ``non_blocking``): the thread does both while the step runs.
     """
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
+        data: ImageSet,
         batch_size: int,
         shuffle: bool,
         drop_last: bool,
         seed: int = 0,
         alternate_flip: bool = False,
+        prefetch: int = 0,
+        pin_memory: bool = False,
     ) -> None:
-        self.images, self.labels = images, labels
+        self.data, self.labels = data, data.labels
+        self.prefetch, self.pin_memory = prefetch, pin_memory
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.alternate_flip = alternate_flip
         self.epoch = 0
@@ -84,23 +95,75 @@ class TensorBatchLoader:
         return order[rank::world].to(self.labels.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self.indices()
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start = self._resume[1]  # the same permutation, from where the interrupted run stopped
         self._resume = None
         self.batches_served = start
+        batches = self._batches(start)
+        if self.prefetch > 0:
+            batches = _ahead(batches, self.prefetch)
+        for i, batch in enumerate(batches, start):
+            self.batches_served = i + 1  # counted as handed out, not as gathered ahead
+            yield batch
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self.indices()
         mirrored = self.mirrored() if self.alternate_flip else None
         for i in range(start, len(self)):
             sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
-            self.batches_served = i + 1
-            images = self.images[sel]
+            images = self.data.images(sel)
             if mirrored is not None:
                 images = torch.where(mirrored[sel][:, None, None, None], images.flip(3), images)
-            yield images, self.labels[sel]
+            labels = self.labels[sel]
+            if self.pin_memory:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels
 
     def mirrored(self) -> torch.Tensor:
         """Which images (by index) the alternating flip mirrors in the current epoch."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919)  # one draw for the whole run
         first = torch.rand(len(self.labels), generator=g) < 0.5
         return (first ^ bool(self.epoch % 2)).to(self.labels.device)
+
+
+def _ahead(batches: Iterator, depth: int) -> Iterator:
+    """``batches``, produced by a background thread up to ``depth`` ahead of the consumer (torch's gather and copy
+    release the GIL). An exception in the thread is raised here; a consumer that stops early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((done, e))
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)

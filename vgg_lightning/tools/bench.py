@@ -20,6 +20,7 @@ import functools
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -29,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
+from vgg_lightning.data import pixel_cache
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.datamodule import STATS, ImageDataModule
+from vgg_lightning.data.image_sets import ImageSet
 from vgg_lightning.data.loader import TensorBatchLoader
 from vgg_lightning.models import NetOptions
 from vgg_lightning.module import VGGClassifier
@@ -133,7 +136,9 @@ def plain_loop(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device: to
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"].startswith("16"))
     mean, std = STATS["cifar10"]
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    loader = TimedLoader(TensorBatchLoader(images, labels, cfg["batch_size"], shuffle=True, drop_last=True))
+    ahead = 3 if cfg["mapped"] else 0  # as the data module serves a mapped class-folder cache
+    data = ImageSet(images, labels)
+    loader = TimedLoader(TensorBatchLoader(data, cfg["batch_size"], shuffle=True, drop_last=True, prefetch=ahead))
     _reset_peak(device)
     model.train()
     step, t0 = 0, 0.0
@@ -180,7 +185,7 @@ class _BenchData(ImageDataModule):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
         super().__init__(batch_size=batch_size, download=False)
-        self.train_set, self.val_set = (images, labels), (images[:1], labels[:1])
+        self.train_set, self.val_set = ImageSet(images, labels), ImageSet(images[:1], labels[:1])
         self.class_names = [str(i) for i in range(10)]
         self.timed: Optional[TimedLoader] = None
 
@@ -201,6 +206,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     net, optim = _options(cfg)
     model = VGGClassifier(net, optim, channels_last=cfg["channels_last"], compile=cfg["compile"])
     data = _BenchData(images, labels, cfg["batch_size"])
+    data.is_folder = cfg["mapped"]  # a mapped store is read ahead in a thread, as fit reads class folders
     timer = _StepTimer(cfg["warmup"])
     trainer = L.Trainer(
         accelerator=device.type,
@@ -239,7 +245,8 @@ def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict
             stages.append(torch.nn.Sequential())
         stages[-1].append(layer)
     head = torch.nn.Sequential(model.avgpool, model.classifier)
-    x = torch.randn(cfg["batch_size"], 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    side = cfg["image_size"]
+    x = torch.randn(cfg["batch_size"], 3, side, side, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (cfg["batch_size"],), device=device)
     rows = []
     for i, part in enumerate([*stages, head]):
@@ -300,18 +307,26 @@ def print_stage_times(rows: list[dict], batch_size: int) -> None:
     print(f"{'all':6s} {'':>10s} {'':>14s} {flops:11.1f} {'':>11s} {total:8.1f}")
 
 
-def _load_images(data_dir: Optional[str], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _load_images(
+    data_dir: Optional[str], n: int, device: torch.device, size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, str]:
     if data_dir is None:
         g = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
         labels = torch.randint(0, 10, (n,), generator=g)
         source = f"synthetic uint8 tensors ({n} images)"
     else:
         folder = (Path(data_dir) / "train").is_dir()  # class folders (DIR/train/<class>/*)
-        dm = ImageDataModule(dataset="folder" if folder else "cifar10", data_dir=data_dir, download=False, val_size=1)
+        dm = ImageDataModule(
+            dataset="folder" if folder else "cifar10",
+            data_dir=data_dir,
+            download=False,
+            val_size=1,
+            image_size=size if folder else 32,
+        )
         dm.prepare_data()
         dm.setup("fit")
-        images, labels = dm.train_set
+        images, labels = dm.train_set.images(), dm.train_set.labels
         source = f"{'class folders' if folder else 'CIFAR-10 files'} in {data_dir} ({len(labels)} images)"
     if device.type == "cuda":  # as the data module does on a GPU: the whole split in GPU memory
         images, labels = images.to(device), labels.to(device)
@@ -337,6 +352,8 @@ def run(
     data_dir: Optional[str] = None,
     device: str = "auto",
     stages: bool = False,
+    image_size: int = 32,
+    mapped: bool = False,
 ) -> dict:
     """Benchmark; prints a table and returns the medians.
 
@@ -360,6 +377,9 @@ def run(
         data_dir: a folder with CIFAR-10 python files; default: synthetic images.
         device: ``auto``, ``cpu`` or ``cuda``.
         stages: after the loops, time each stage of the network forward and backward on its own.
+        image_size: side of the synthetic images (class folders are decoded at this size).
+        mapped: serve the images as ``fit`` serves class folders: from a memory-mapped file (written to a temporary
+            folder first), gathered a few batches ahead in a thread; default: from memory, each batch when asked.
     """
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -382,8 +402,38 @@ def run(
         compile=compile,
         fused=fused,
         lr=lr,
+        mapped=mapped,
+        image_size=image_size,
     )
-    images, labels, source = _load_images(data_dir, batch_size * (warmup + steps), dev)
+    images, labels, source = _load_images(data_dir, batch_size * (warmup + steps), dev, image_size)
+    tmp = tempfile.TemporaryDirectory(prefix="vgg-bench-") if mapped else contextlib.nullcontext()
+    with tmp as folder:
+        if folder is not None:
+            images = _mapped_copy(images, Path(folder) / "images.pixels")
+            source += ", served from a memory-mapped file"
+        return _run(cfg, images, labels, source, dev, repeats, stages)
+
+
+def _mapped_copy(images: torch.Tensor, path: Path) -> torch.Tensor:
+    """``images`` written to ``path`` and mapped back read-only, as the class-folder cache is."""
+    images.numpy().tofile(path)
+    size = images.shape[-1]
+    return pixel_cache.as_tensor(pixel_cache.map_pixels(path, len(images), size))
+
+
+def _run(
+    cfg: dict,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    source: str,
+    dev: torch.device,
+    repeats: int,
+    stages: bool,
+) -> dict:
+    batch_size, steps, warmup = cfg["batch_size"], cfg["steps"], cfg["warmup"]
+    arch, width, stage_widths = cfg["arch"], cfg["width"], cfg["stage_widths"]
+    activation, pool_before_bn, optimizer = cfg["activation"], cfg["pool_before_bn"], cfg["optimizer"]
+    precision, channels_last, compile, fused = cfg["precision"], cfg["channels_last"], cfg["compile"], cfg["fused"]
     if len(labels) < batch_size:
         raise SystemExit(f"error: {source} holds fewer images than one batch of {batch_size}")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
