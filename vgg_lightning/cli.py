@@ -20,7 +20,8 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from vgg_lightning import checkpoints, loggers, precision, quiet
+from vgg_lightning import checkpoints, loggers, precision, quiet, recipes
+from vgg_lightning import pretrained as pretrained_weights
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
 from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
 from vgg_lightning.compat import model_options_now
@@ -97,6 +98,13 @@ class VGGLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
+        parser.add_argument(
+            f"--{recipes.KEY}",
+            type=Optional[str],
+            default=None,
+            help="In a recipe: its variant for CPUs without bf16 (a file beside it), read right after it where the run"
+            " trains in fp32 on a CPU; options typed on the command line still win.",
+        )
         # The best-checkpoint options, instantiated by instantiate_trainer only when checkpointing is on.
         parser.add_class_arguments(
             ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=False, sub_configs=True
@@ -116,12 +124,19 @@ class VGGLightningCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self.ckpt: Optional[dict] = None
         self.ckpt_note = ""
+        self.recipe_note = ""
         self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         if sub is None:
             return
         cfg = self.config[sub]
+        if cfg.get(recipes.KEY) and recipes.trains_in_fp32_on_cpu(cfg.trainer):
+            args, self.recipe_note = recipes.with_fp32_variant(self.raw_args)
+            if self.recipe_note:
+                self.raw_args = args
+                super().parse_arguments(parser, args)
+                cfg = self.config[sub]
         # LightningCLI next restores every model option from --ckpt_path; these typed here must win over it.
         self.runtime_model_options = {
             k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")
@@ -182,6 +197,17 @@ class VGGLightningCLI(LightningCLI):
         ):
             trainer.max_epochs = -1  # the budget decides
         quiet.silence_upstream_noise()
+        if (
+            sub == "fit"
+            and cfg.model.net.get("pretrained")
+            and cfg.data.get("mean") is None
+            and cfg.data.get("std") is None
+        ):
+            cfg.data.mean, cfg.data.std = pretrained_weights.IMAGENET_MEAN, pretrained_weights.IMAGENET_STD
+            say(
+                "normalization: ImageNet's mean and std, which the pretrained weights expect"
+                " (--data.mean and --data.std to change it)"
+            )
         precision.use_tf32(trainer.get("accelerator", "auto"))
         say(
             precision.describe(
@@ -191,6 +217,8 @@ class VGGLightningCLI(LightningCLI):
                 cfg.model.get("channels_last"),
             )
         )
+        if self.recipe_note:
+            say(self.recipe_note)
         if self.ckpt_note:
             say(self.ckpt_note)
         precision.warn_if_slow(trainer.get("accelerator", "auto"), str(trainer.precision))
@@ -200,6 +228,7 @@ class VGGLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_checkpoint_fits_data()
+        self.model.weights_from_checkpoint = self.ckpt is not None  # a resumed run loads no pretrained weights
 
     def before_validate(self) -> None:
         self._check_checkpoint_fits_data()

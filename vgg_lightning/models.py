@@ -18,6 +18,8 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloa
 from torch import nn
 from typing_extensions import override
 
+from vgg_lightning import pretrained as pretrained_weights
+
 # "M" is a 2x2 max-pool; numbers are output channels of a 3x3 convolution (torchvision's cfgs A, B, D, E).
 CONFIGS: dict[str, list[Union[int, str]]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -55,6 +57,10 @@ class NetOptions:
             from 5,000 training images (the principal directions of their 3x3 patches, both signs), and keep it
             fixed or train it from there; ``off``: random start.
         dirac: start every later 3x3 convolution as an identity on its first input channels (plus random filters).
+        pretrained: ``imagenet``: start the convolution stacks from torchvision's ImageNet weights for the arch
+            (with or without BatchNorm; downloaded once by torch.hub), or the path of such a weights file (for
+            machines without network); the head starts new. Width 1 only. The data is then normalized with
+            ImageNet's mean and std unless ``data.mean``/``data.std`` are given (``pretrained.py``).
     """
 
     arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "blog_vgg16"] = "vgg16"
@@ -70,6 +76,7 @@ class NetOptions:
     bn_scale: bool = True
     whiten: Literal["off", "frozen", "trained"] = "off"
     dirac: bool = False
+    pretrained: Optional[str] = None
 
     def check(self) -> None:
         """ValueError naming the option (``model.net.<option>: ...``) when the network cannot be built as asked."""
@@ -84,6 +91,16 @@ class NetOptions:
                 stage_factors(CONFIGS[self.arch], self.width, self.stage_widths)
             except ValueError as e:
                 raise ValueError(f"model.net.{e}; e.g. --model.net.stage_widths '[1, 1, 1, 1, 0.5]'") from None
+        if self.pretrained is not None:
+            pretrained_weights.check(
+                self.arch,
+                self.width,
+                self.stage_widths,
+                self.activation,
+                self.pool_before_bn,
+                self.whiten,
+                self.dirac,
+            )
 
     def build(self, num_classes: int) -> nn.Module:
         """The network, with the starts the options ask for (whitening needs the data: ``whiten_init``)."""

@@ -25,7 +25,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from typing_extensions import override
 
 from vgg_lightning import compat, schedules, tta
+from vgg_lightning import pretrained as pretrained_weights
 from vgg_lightning.errors import ConfigError
+from vgg_lightning.messages import say
 from vgg_lightning.metrics import EvalReport, RunningLossAccuracy
 from vgg_lightning.models import CONFIGS, NetOptions, first_conv, whiten_init
 from vgg_lightning.optim import OptimOptions
@@ -115,6 +117,7 @@ class VGGClassifier(L.LightningModule):
         self._saved_normalization: Optional[tuple] = None  # (mean, std) of the run's data, from a checkpoint
         self._resumed_total_steps: Optional[int] = None
         self._channels_last = False  # whether setup() put the weights into channels_last
+        self.weights_from_checkpoint = False  # set by the CLI when fit resumes: no pretrained weights to load then
 
     # validate_args=False: the argument checks read values back from the GPU, a sync in every step.
     @staticmethod
@@ -166,6 +169,8 @@ class VGGClassifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.net_options.whiten != "off" and self.net_options.arch in CONFIGS:
             self._whiten_from_data()
+        if stage == "fit" and self.net_options.pretrained and not self.weights_from_checkpoint:
+            self._load_pretrained()
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
         self._channels_last = self._use_channels_last()
@@ -180,6 +185,15 @@ class VGGClassifier(L.LightningModule):
         if not hasattr(dm, "training_sample"):
             raise ConfigError("model.net.whiten needs the training images: use it with this project's data module")
         whiten_init(first_conv(self.net), dm.training_sample(count))
+
+    def _load_pretrained(self) -> None:
+        """``net.pretrained``: the convolution stacks from ImageNet weights (``pretrained.py``), once per process
+        before training; evaluation commands and resumed runs take all weights from their checkpoint instead."""
+        o = self.net_options
+        state = pretrained_weights.read(o.pretrained, o.arch, o.batch_norm)
+        copied = pretrained_weights.load_into(self.net.features, state, o.pretrained)
+        name = f"{o.arch}{'_bn' if o.batch_norm else ''}"
+        say(f"pretrained: {name}'s convolution stacks from {o.pretrained} ({copied} tensors); the head starts new")
 
     # -- steps ------------------------------------------------------------------------------------------------
     # Each step only adds to metric states on the device; values are logged once per epoch (and the step loss
