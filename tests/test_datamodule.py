@@ -253,3 +253,27 @@ def test_reflect_padding_option(cifar10_dir):
     assert len({f[0] for f in found}) > 5  # crops vary per image
     with pytest.raises(ConfigError, match="too large to reflect"):
         ImageDataModule(data_dir=str(cifar10_dir), crop_padding=32, padding_mode="reflect")
+
+
+def test_photos_get_the_resized_crop_by_default_and_cifar_the_shift():
+    assert ImageDataModule(dataset="folder", image_size=64).resized_crop
+    assert not ImageDataModule(dataset="folder", image_size=32).resized_crop
+    assert not ImageDataModule(dataset="folder", image_size=224, crop="pad").resized_crop
+    assert not ImageDataModule().resized_crop and ImageDataModule(crop="resized").resized_crop
+    with pytest.raises(ConfigError, match="crop_scale"):
+        ImageDataModule(crop_scale=(0.5, 1.5))
+    with pytest.raises(ConfigError, match="crop_ratio"):
+        ImageDataModule(crop_ratio=(0.0, 1.0))
+
+
+def test_photos_for_the_resized_crop_are_decoded_larger_and_evaluated_whole_at_image_size():
+    dm = ImageDataModule(dataset="folder", image_size=64)  # crop_scale 0.35: 64 / sqrt(0.35) = 108.2 -> 112
+    assert dm.decode_size == 112
+    assert ImageDataModule(dataset="folder", image_size=64, crop="pad").decode_size == 64
+    assert ImageDataModule(dataset="folder", image_size=64, decode_size=80).decode_size == 80
+    with pytest.raises(ConfigError, match="decode_size"):
+        ImageDataModule(dataset="folder", image_size=64, decode_size=48)
+    big = torch.arange(112).repeat(2, 3, 112, 1).to(torch.uint8)  # a horizontal ramp
+    small = dm.to_image_size(big)
+    assert small.shape == (2, 3, 64, 64) and small.dtype == torch.uint8
+    assert abs(int(small[0, 0, 0, 0]) - 0) <= 1 and abs(int(small[0, 0, 0, -1]) - 111) <= 1  # the whole image

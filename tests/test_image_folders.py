@@ -228,3 +228,42 @@ def test_a_64_pixel_net_end_to_end(tree, tmp_path, monkeypatch, capsys):
     out = export("last", format="torchscript")
     traced = torch.jit.load(str(out))
     assert traced(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 3)
+
+
+def test_an_interrupted_build_leaves_no_cache_that_looks_complete(tree, tmp_path, monkeypatch):
+    names = image_folders.class_names(tree)
+    cache = tmp_path / "cache"
+    real_decode = image_folders.decode_files
+
+    def killed(files, size, workers, out=None):
+        real_decode(files[:5], size, workers, out=out[:5])  # some rows written, then the build dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_folders, "decode_files", killed)
+    with pytest.raises(KeyboardInterrupt):
+        image_folders.load_split(tree, "train", names, 32, cache)
+    assert list(cache.iterdir()) == []  # no pixel file, no meta file, no temporary file
+    monkeypatch.setattr(image_folders, "decode_files", real_decode)
+    split = image_folders.load_split(tree, "train", names, 32, cache)
+    assert len(split.labels) == 36 and len(list(cache.iterdir())) == 2
+
+
+def test_a_full_disk_is_said_before_decoding_and_the_run_goes_on_from_memory(tree, tmp_path, monkeypatch, capsys):
+    import errno
+
+    names = image_folders.class_names(tree)
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_folders.pixel_cache.os, "posix_fallocate", no_room)
+    decoded = []
+    real_decode = image_folders.decode_files
+    monkeypatch.setattr(
+        image_folders, "decode_files", lambda *a, **k: decoded.append(k.get("out")) or real_decode(*a, **k)
+    )
+    split = image_folders.load_split(tree, "train", names, 32, tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "this run decodes into memory" in err
+    assert decoded == [None] and len(split.labels) == 36  # decoded once, into memory, after the message
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -10,6 +10,7 @@ Splits are index sets into one store (``image_sets``), never copies.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import unicodedata
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from typing_extensions import override
 
@@ -68,6 +70,11 @@ class ImageDataModule(L.LightningDataModule):
             ``crop_ratio`` aspect, resized back: what photo recipes use); ``auto``: ``resized`` for class folders at
             64 px and more, ``pad`` otherwise. Evaluation always sees the whole (centre-cropped) image.
         crop_scale: the random-resized crop's range of areas, as fractions of the image.
+        decode_size: side at which class-folder images are decoded and cached; training crops and evaluation
+            images are resized from it to ``image_size`` on the device. Default: ``image_size``, or with the
+            random-resized crop large enough that its smallest crop is shrunk, never enlarged
+            (``image_size / sqrt(crop_scale[0])``, to a multiple of 8: 112 for 64 at 0.35). Enlarged crops are
+            blurred, and a net trained on blurred images does badly on sharp ones (measured: results.md, photos).
         crop_ratio: the random-resized crop's range of aspect ratios (width / height).
         crop_padding: random-crop padding in pixels for training images with ``crop: pad`` (0 turns it off).
         padding_mode: what fills that padding: ``constant`` black (torchvision's default), ``reflect`` the
@@ -99,6 +106,7 @@ class ImageDataModule(L.LightningDataModule):
         cache_dir: Optional[str] = None,
         crop: Literal["auto", "pad", "resized"] = "auto",
         crop_scale: tuple[float, float] = (0.35, 1.0),
+        decode_size: Optional[PositiveInt] = None,
         crop_ratio: tuple[float, float] = (0.75, 1.3333),
         crop_padding: NonNegativeInt = 4,
         padding_mode: Literal["constant", "reflect"] = "constant",
@@ -133,6 +141,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.crop_scale must be two fractions 0 < low <= high <= 1, got {list(crop_scale)}")
         if not (0 < crop_ratio[0] <= crop_ratio[1]):
             raise ConfigError(f"data.crop_ratio must be two aspect ratios 0 < low <= high, got {list(crop_ratio)}")
+        if decode_size is not None and (decode_size < image_size or dataset != "folder"):
+            raise ConfigError(
+                f"data.decode_size ({decode_size}) is for class folders and must be at least data.image_size"
+                f" ({image_size})"
+            )
         if image_size < 32:
             raise ConfigError(f"data.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
         self.save_hyperparameters()
@@ -164,6 +177,25 @@ class ImageDataModule(L.LightningDataModule):
         """Whether training images get the random-resized crop (``crop``; ``auto``: photos at 64 px and more)."""
         crop = self.hparams.crop
         return crop == "resized" or (crop == "auto" and self.is_folder and self.hparams.image_size >= 64)
+
+    @property
+    def decode_size(self) -> int:
+        """The side class-folder images are decoded and cached at (see the ``decode_size`` option)."""
+        h = self.hparams
+        if h.decode_size is not None or not self.is_folder:
+            return h.decode_size or h.image_size
+        if not self.resized_crop:
+            return h.image_size
+        return max(h.image_size, math.ceil(h.image_size / math.sqrt(h.crop_scale[0]) / 8) * 8)
+
+    def to_image_size(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images at ``image_size`` (decoded larger: resized down, antialiased); the whole image, as
+        evaluation sees it."""
+        size = self.hparams.image_size
+        if images.shape[-1] == size and images.shape[-2] == size:
+            return images
+        out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
 
     @property
     def num_classes(self) -> int:
@@ -222,7 +254,7 @@ class ImageDataModule(L.LightningDataModule):
                 self.data_dir,
                 split,
                 self._folder_class_names(),
-                self.hparams.image_size,
+                self.decode_size,
                 self.cache_dir,
                 self.hparams.num_workers,
                 build=build,
@@ -296,9 +328,10 @@ class ImageDataModule(L.LightningDataModule):
             parts.append(f"{len(test.labels):,} test images")
             skipped += len(test.skipped)
         self._folder_splits_loaded.clear()  # the splits above hold what they need
-        size = self.hparams.image_size
+        size, stored = self.hparams.image_size, self.decode_size
         say(
             f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
+            + (f" (decoded at {stored}x{stored})" if stored != size else "")
             + (f", {image_folders.count_of(skipped, 'unreadable file')} skipped" if skipped else "")
             + (
                 f", random-resized crops of {self.hparams.crop_scale[0]:g}-{self.hparams.crop_scale[1]:g} of each image"
@@ -348,7 +381,7 @@ class ImageDataModule(L.LightningDataModule):
         """The first ``count`` training images as the model sees them (normalized float, on the CPU): for starts
         computed from the data (``model.net.whiten``)."""
         assert self.train_set is not None and self.mean and self.std, "setup('fit') has not run"
-        return normalize(self.train_set.head(count).cpu(), self.mean, self.std)
+        return normalize(self.to_image_size(self.train_set.head(count).cpu()), self.mean, self.std)
 
     def _place(self) -> None:
         """The images go to the GPU the run uses where they fit (``image_sets.place_on_device``), said once; else
@@ -385,7 +418,7 @@ class ImageDataModule(L.LightningDataModule):
             count = sum(len(image_folders.scan(self.data_dir / s, names).files) for s in self._folder_splits())
         else:
             count = 60_000  # CIFAR-10 and -100: 50,000 training and 10,000 test images
-        size = self.hparams.image_size
+        size = self.decode_size
         image_sets.place_on_device(count * 3 * size * size, torch.cuda.mem_get_info(device)[0], True, str(device))
 
     # -- checkpoints carry the normalization (evaluating a checkpoint uses the run's own) and the training loader's
@@ -455,7 +488,10 @@ class ImageDataModule(L.LightningDataModule):
                 raise ConfigError(
                     "no normalization known: pass --ckpt_path of a trained run, or --data.mean and --data.std"
                 )
-            if self.trainer is not None and self.trainer.training:
+            training = self.trainer is not None and self.trainer.training
+            if not (training and self.resized_crop):
+                images = self.to_image_size(images)  # the resized crop takes its windows from the larger image
+            if training:
                 h = self.hparams
                 # "alternate" flips are done by the loader, which knows each image's index
                 images = train_augment(
@@ -465,6 +501,7 @@ class ImageDataModule(L.LightningDataModule):
                     h.cutout,
                     padding_mode=h.padding_mode,
                     resized_crop=(h.crop_scale, h.crop_ratio) if self.resized_crop else None,
+                    size=h.image_size,
                 )
             images = normalize(images, self.mean, self.std)
         return images, labels

@@ -323,6 +323,7 @@ def _load_images(
             download=False,
             val_size=1,
             image_size=size if folder else 32,
+            crop="pad",  # decoded at the size asked, as both loops crop by padding
         )
         dm.prepare_data()
         dm.setup("fit")

@@ -87,7 +87,7 @@ def _validation_split(ckpt: dict, data_dir: str | None) -> tuple[torch.Tensor, t
     dm.setup("fit")
     if dm.val_set is None or len(dm.val_set) == 0:
         raise ConfigError(f"the run's data options give no validation split (val_size {saved.get('val_size')})")
-    return dm.val_set.images(), dm.val_set.labels
+    return dm.to_image_size(dm.val_set.images()), dm.val_set.labels
 
 
 def run(checkpoints: list[str], data_dir: str | None = None, max_shift: int = 2) -> dict[str, list[float]]:
