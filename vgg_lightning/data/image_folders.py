@@ -265,6 +265,8 @@ def _build(listing: FileList, names: list[str], image_size: int, workers: int, b
         base, len(listing.files), image_size, hint="set --data.cache_dir to a disk with room"
     ) as w:
         split = _decode(listing, names, image_size, workers, out=w.pixels)
+        checksums = pixel_cache.chunk_checksums(w.pixels[: len(split.labels)], image_size)
+        split.images = torch.empty(0)  # the writable mapping goes before the file is mapped again to be read
         pixels = w.finish(len(split.labels))
     meta = pixel_cache.Meta(
         key,
@@ -276,7 +278,7 @@ def _build(listing: FileList, names: list[str], image_size: int, workers: int, b
         split.ignored,
         split.mean,
         split.std,
-        pixel_cache.chunk_checksums(pixels, image_size),
+        checksums,
     )
     meta.save(base)
     split.images = pixel_cache.as_tensor(pixels)
