@@ -199,7 +199,9 @@ def test_fit_without_a_logger(cifar10_dir, workdir):
     assert (workdir / "checkpoints" / "last.ckpt").is_file() and not (workdir / "lightning_logs").exists()
 
 
-@pytest.mark.parametrize("config", ["default.yaml", "cpu.yaml", "fast.yaml", "blog_vgg16.yaml"])
+@pytest.mark.parametrize(
+    "config", ["default.yaml", "cpu.yaml", "cpu_fp32.yaml", "cpu_photos.yaml", "fast.yaml", "blog_vgg16.yaml"]
+)
 def test_every_recipe_loads_and_opens_with_its_header(config, workdir, capsys):
     from pathlib import Path
 
