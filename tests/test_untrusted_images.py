@@ -152,8 +152,8 @@ def test_class_folder_split_is_stable_per_file(tmp_path):
 
     def val_of(names):
         index = torch.arange(len(names))
-        (_, _), (val, _) = dm.split_files(index, index, names)
-        return {names[i] for i in val.tolist()}
+        _, val = dm.split_files(index, index, names)
+        return {names[i] for i in val.rows.tolist()}
 
     before = val_of(files)
     assert len(before) == 10 and val_of(files) == before  # repeatable
