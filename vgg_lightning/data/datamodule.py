@@ -439,11 +439,14 @@ class ImageDataModule(L.LightningDataModule):
         self._train_loader_state = state_dict.get("train_loader")
 
     # -- loaders ----------------------------------------------------------------------------------------------
+    def _reads_ahead(self) -> bool:
+        """In-memory CIFAR on a CPU gathers each batch when asked (the fastest there); a mapped class-folder
+        cache, or host memory feeding a GPU, is gathered ahead in a thread."""
+        return self.is_folder or self._host_to_gpu
+
     def _loader(self, split: Optional[ImageSet], train: bool) -> TensorBatchLoader:
         assert split is not None, "setup() has not loaded this split"
-        # In-memory CIFAR on a CPU gathers each batch when asked (the fastest there); a mapped cache, or host
-        # memory feeding a GPU, is gathered ahead in a thread.
-        ahead = split.store.device.type == "cpu" and (self.is_folder or self._host_to_gpu)
+        ahead = split.store.device.type == "cpu" and self._reads_ahead()
         return TensorBatchLoader(
             split,
             batch_size=self.hparams.batch_size,

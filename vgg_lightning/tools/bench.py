@@ -183,8 +183,9 @@ class _StepTimer(L.Callback):
 class _BenchData(ImageDataModule):
     """The project's data module on given tensors, its training loader timed."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mapped: bool = False) -> None:
         super().__init__(batch_size=batch_size, download=False)
+        self.mapped = mapped
         self.train_set, self.val_set = ImageSet(images, labels), ImageSet(images[:1], labels[:1])
         self.class_names = [str(i) for i in range(10)]
         self.timed: Optional[TimedLoader] = None
@@ -192,6 +193,10 @@ class _BenchData(ImageDataModule):
     @override
     def prepare_data(self) -> None:  # the tensors are given: nothing to fetch
         pass
+
+    @override
+    def _reads_ahead(self) -> bool:  # a mapped store is read ahead in a thread, as fit reads class folders
+        return self.mapped
 
     @override
     def to_image_size(self, images: torch.Tensor) -> torch.Tensor:  # both loops train at the images' own size
@@ -209,8 +214,7 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
     total = cfg["warmup"] + cfg["steps"]
     net, optim = _options(cfg)
     model = VGGClassifier(net, optim, channels_last=cfg["channels_last"], compile=cfg["compile"])
-    data = _BenchData(images, labels, cfg["batch_size"])
-    data.is_folder = cfg["mapped"]  # a mapped store is read ahead in a thread, as fit reads class folders
+    data = _BenchData(images, labels, cfg["batch_size"], mapped=cfg["mapped"])
     timer = _StepTimer(cfg["warmup"])
     trainer = L.Trainer(
         accelerator=device.type,
