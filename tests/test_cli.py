@@ -200,7 +200,8 @@ def test_fit_without_a_logger(cifar10_dir, workdir):
 
 
 @pytest.mark.parametrize(
-    "config", ["default.yaml", "cpu.yaml", "cpu_fp32.yaml", "cpu_photos.yaml", "fast.yaml", "blog_vgg16.yaml"]
+    "config",
+    ["default.yaml", "cpu.yaml", "cpu_fp32.yaml", "cpu_photos.yaml", "photos.yaml", "fast.yaml", "blog_vgg16.yaml"],
 )
 def test_every_recipe_loads_and_opens_with_its_header(config, workdir, capsys):
     from pathlib import Path

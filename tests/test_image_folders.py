@@ -267,3 +267,20 @@ def test_a_full_disk_is_said_before_decoding_and_the_run_goes_on_from_memory(tre
     assert "no space left on the device" in err and "this run decodes into memory" in err
     assert decoded == [None] and len(split.labels) == 36  # decoded once, into memory, after the message
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_photos_smaller_than_the_crop_range_asks_for_are_stored_at_their_own_size(tmp_path):
+    # 32 px at crop_scale 0.35 asks for 56 px; these photos' short sides are 40-46 px (median 42 -> 40)
+    for c, name in enumerate(COLOURS):
+        for i in range(6):
+            write_image(tmp_path / "d" / "train" / name / f"{i}.png", COLOURS[name], (60, 40 + i), seed=c * 10 + i)
+    dm = dm_for(tmp_path / "d", tmp_path, crop="resized", val_size=3)
+    assert dm.photos_decoded_small() and dm.decode_size == 40
+    dm.prepare_data()
+    dm.setup("fit")
+    assert tuple(dm.train_set.images().shape[1:]) == (3, 40, 40)
+    # the same photos where the crop range asks for less than they have: decoded at the asked size
+    wide = dm_for(tmp_path / "d", tmp_path, crop="resized", crop_scale=(0.8, 1.0), val_size=3)
+    assert wide.decode_size == 40 and not wide.photos_decoded_small()  # 32 / sqrt(0.8) = 35.8 -> 40
+    assert dm_for(tmp_path / "d", tmp_path, crop="resized", decode_size=64).decode_size == 64  # asked: kept
+    assert dm_for(tmp_path / "d", tmp_path, crop="pad").decode_size == 32

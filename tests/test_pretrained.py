@@ -111,8 +111,42 @@ def test_fit_from_a_weights_file_then_test_and_resume_without_it(
     assert similarity > 0.9  # started there, two steps away (an independent random start: about 0)
     local.unlink()  # evaluation and resuming take every weight from the checkpoint
     assert main(["test", *tiny(cifar10_dir), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    from vgg_lightning.export import export
+
+    assert export(str(run / "checkpoints" / "last.ckpt"), format="torchscript", output=str(tmp_path / "m.pt")).is_file()
     assert (
         main(["fit", *args, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--ckpt_path", "last"]) == 0
     )
     name, p = model.classify(torch.zeros(3, 32, 32, dtype=torch.uint8))
     assert name in model.class_names() and 0 <= p <= 1
+
+
+@pytest.mark.parametrize("name", ["sgd", "muon"])
+def test_the_convolution_stacks_learn_at_features_lr_factor_times_the_rate(name):
+    from vgg_lightning.optim import OptimOptions
+
+    net = NetOptions(arch="vgg11", width=0.125).build(10)
+    opt = OptimOptions(name=name, lr=0.2, muon_lr=0.02, features_lr_factor=0.1).build(net, "cpu")
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(rate) == len(list(net.parameters()))  # every parameter in exactly one group
+    assert rate[id(net.classifier[-1].weight)] == 0.2
+    assert rate[id(net.features[0].weight)] == pytest.approx(0.02 * 0.1 if name == "muon" else 0.2 * 0.1)
+    assert rate[id(net.features[1].bias)] == pytest.approx(0.2 * 0.1)  # BatchNorm in the stacks
+    plain = OptimOptions(name=name, lr=0.2, muon_lr=0.02).build(net, "cpu")
+    assert len(plain.param_groups) < len(opt.param_groups)  # factor 1: the groups as before
+
+
+def test_features_lr_factor_0_trains_the_head_alone_on_pretrained_stacks(
+    vgg11_bn_file, cifar10_dir, tmp_path, monkeypatch
+):
+    path, theirs = vgg11_bn_file
+    monkeypatch.chdir(tmp_path)
+    args = tiny(cifar10_dir, "--model.net.width", "1", "--model.net.pretrained", str(path))
+    args += ["--model.optim.name", "muon", "--model.optim.features_lr_factor", "0", "--model.optim.warmup", "0"]
+    assert main(["fit", *args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]) == 0
+    model = VGGClassifier.load_from_checkpoint(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    assert torch.equal(model.net.features[0].weight, theirs.features[0].weight)  # not even renormalized by Muon
+    assert torch.equal(model.net.features[1].weight, theirs.features[1].weight)
+    head = NetOptions(arch="vgg11", width=1.0).build(10).classifier[-1]
+    assert model.net.classifier[-1].weight.shape == head.weight.shape
+    assert model.hparams.optim["features_lr_factor"] == 0

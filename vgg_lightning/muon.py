@@ -94,6 +94,8 @@ class MuonSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if group["lr"] == 0:  # held as they are (optim.features_lr_factor 0): not even renormalized
+                continue
             m = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:

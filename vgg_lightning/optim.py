@@ -40,6 +40,10 @@ class OptimOptions:
             (linear warm-up then straight down to 0) or ``constant``; stepped after every optimizer step and sized
             by ``trainer.estimated_stepping_batches``, or by the time budget's plan with ``--trainer.max_time``.
         warmup: fraction of all steps spent warming up (OneCycle's ``pct_start``).
+        features_lr_factor: the convolution stacks' learning rates (``lr`` and ``muon_lr`` for everything in
+            ``net.features``: filters, BatchNorm) times this, the head's unchanged; below 1 keeps a pretrained
+            start's ImageNet filters near where they began while the new head learns (0.1 is the usual
+            fine-tuning choice); 0 leaves them as they are and trains the head alone.
     """
 
     name: Literal["sgd", "adamw", "muon"] = "sgd"
@@ -53,6 +57,7 @@ class OptimOptions:
     fused: Optional[bool] = None
     schedule: Literal["onecycle", "cosine", "linear", "constant"] = "onecycle"
     warmup: ClosedUnitInterval = 0.15
+    features_lr_factor: NonNegativeFloat = 1.0
 
     def check(self, batch_norm_everywhere: bool) -> None:
         """ValueError naming the option when these settings cannot work together."""
@@ -80,12 +85,30 @@ class OptimOptions:
         groups += shift_group
         fused = device_type == "cuda" if self.fused is None else self.fused
         lr, momentum = self.lr, self.momentum
+        if self.name == "muon":
+            groups = muon.param_groups(decay, no_decay, self.muon_lr, self.weight_decay, self.muon_momentum)
+        groups = self._features_scaled(groups + shift_group if self.name == "muon" else groups, net)
         if self.name == "sgd":
             nesterov = self.nesterov and momentum > 0
             return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
         if self.name == "muon":
-            groups = muon.param_groups(decay, no_decay, self.muon_lr, self.weight_decay, self.muon_momentum)
             # nesterov as given: MuonSGD allows it at momentum 0 (a plain step), and the filters may have momentum
             dtype = muon.ns_dtype(device_type)
-            return muon.MuonSGD(groups + shift_group, lr=lr, momentum=momentum, nesterov=self.nesterov, ns_dtype=dtype)
+            return muon.MuonSGD(groups, lr=lr, momentum=momentum, nesterov=self.nesterov, ns_dtype=dtype)
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), fused=fused or None)
+
+    def _features_scaled(self, groups: list[dict], net: torch.nn.Module) -> list[dict]:
+        """``groups`` with each one's ``net.features`` parameters split off at ``features_lr_factor`` times its
+        rate (the head's groups first; empty groups left out)."""
+        features = getattr(net, "features", None)
+        if self.features_lr_factor == 1 or features is None:
+            return groups
+        inside = {id(p) for p in features.parameters()}
+        head, stacks = [], []
+        for g in groups:
+            rate = g.get("lr", self.lr)
+            params = [p for p in g["params"] if id(p) not in inside]
+            head += [{**g, "params": params, "lr": rate}] if params else []
+            params = [p for p in g["params"] if id(p) in inside]
+            stacks += [{**g, "params": params, "lr": rate * self.features_lr_factor}] if params else []
+        return head + stacks

@@ -73,8 +73,10 @@ class ImageDataModule(L.LightningDataModule):
         decode_size: side at which class-folder images are decoded and cached; training crops and evaluation
             images are resized from it to ``image_size`` on the device. Default: ``image_size``, or with the
             random-resized crop large enough that its smallest crop is shrunk, never enlarged
-            (``image_size / sqrt(crop_scale[0])``, to a multiple of 8: 112 for 64 at 0.35). Enlarged crops are
-            blurred, and a net trained on blurred images does badly on sharp ones (measured: results.md, photos).
+            (``image_size / sqrt(crop_scale[0])``, to a multiple of 8: 112 for 64 at 0.35), but no larger than
+            the photos themselves (the median short side of a sample of train/'s, down to a multiple of 8: 224 px
+            photos at ``image_size`` 224 are stored at 224, not 384). Enlarged crops are blurred, and a net trained
+            on blurred images does badly on sharp ones (measured: results.md, photos).
         crop_ratio: the random-resized crop's range of aspect ratios (width / height).
         crop_padding: random-crop padding in pixels for training images with ``crop: pad`` (0 turns it off).
         padding_mode: what fills that padding: ``constant`` black (torchvision's default), ``reflect`` the
@@ -166,6 +168,7 @@ class ImageDataModule(L.LightningDataModule):
         self._folder_splits_loaded: dict[str, Optional[image_folders.FolderSplit]] = {}
         self._host_to_gpu = False  # a GPU run whose images stay in host memory (see _place)
         self._train_loader: Optional[TensorBatchLoader] = None
+        self._photos_side_read: Optional[tuple[Optional[int]]] = None  # (median short side,) once read
         self._train_loader_state: Optional[dict[str, int]] = None  # from a checkpoint, for the next train loader
 
     @property
@@ -186,7 +189,30 @@ class ImageDataModule(L.LightningDataModule):
             return h.decode_size or h.image_size
         if not self.resized_crop:
             return h.image_size
+        if self.photos_decoded_small():  # storing photos enlarged adds pixels, not detail
+            return max(h.image_size, self._photos_side() // 8 * 8)
+        return self._crop_decode_size()
+
+    def _crop_decode_size(self) -> int:
+        h = self.hparams
         return max(h.image_size, math.ceil(h.image_size / math.sqrt(h.crop_scale[0]) / 8) * 8)
+
+    def photos_decoded_small(self) -> bool:
+        """Whether the default decode size is the photos' own (smaller than the crop range asks for)."""
+        if self.hparams.decode_size is not None or not self.is_folder or not self.resized_crop:
+            return False
+        side = self._photos_side()
+        return side is not None and side < self._crop_decode_size()
+
+    def _photos_side(self) -> Optional[int]:
+        """The median short side of train/'s photos (from a sample of their headers), read once; None without them."""
+        if self._photos_side_read is None:
+            train = self.data_dir / "train"
+            side = None
+            if train.is_dir():
+                side = image_folders.median_short_side(image_folders.scan(train, self._folder_class_names()))
+            self._photos_side_read = (side,)
+        return self._photos_side_read[0]
 
     def to_image_size(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images at ``image_size`` (decoded larger: resized down, antialiased); the whole image, as
@@ -331,7 +357,8 @@ class ImageDataModule(L.LightningDataModule):
         size, stored = self.hparams.image_size, self.decode_size
         say(
             f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
-            + (f" (decoded at {stored}x{stored})" if stored != size else "")
+            + (f" (decoded at {stored}x{stored})" if stored != size and not self.photos_decoded_small() else "")
+            + (f" (decoded at the photos' own size, {stored} px)" if self.photos_decoded_small() else "")
             + (f", {image_folders.count_of(skipped, 'unreadable file')} skipped" if skipped else "")
             + (
                 f", random-resized crops of {self.hparams.crop_scale[0]:g}-{self.hparams.crop_scale[1]:g} of each image"

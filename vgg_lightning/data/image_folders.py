@@ -157,6 +157,22 @@ def scan(split_dir: Path, names: list[str]) -> FileList:
     return listing
 
 
+def median_short_side(listing: FileList, sample: int = 256) -> Optional[int]:
+    """The median short side of up to ``sample`` of the split's images (spread evenly over its sorted list, so every
+    process gets the same answer), read from their headers without decoding; None when none can be read."""
+    from PIL import Image
+
+    step = max(1, len(listing.files) // sample)
+    sides = []
+    for f in listing.files[::step][:sample]:
+        try:
+            with Image.open(listing.root / f) as img:
+                sides.append(min(img.size))
+        except Exception:  # unreadable: decoding skips it later and says so
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def _unsafe_link(link: str, split_real: str, seen: set[str]) -> str:
     """Why a symbolic link inside a class folder is not followed ("" when it is safe to follow, once)."""
     target = os.path.realpath(link)
