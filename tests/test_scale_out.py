@@ -62,11 +62,14 @@ def test_ddp_paced_checkpoints_over_many_short_epochs(cifar10_dir, tmp_path):
 def test_ddp_on_class_folders_maps_one_cache_and_each_rank_reads_its_own_shard(tmp_path):
     root = write_tree(tmp_path / "photos", "train", 24)  # 3 classes x 24
     cache = tmp_path / "cache"
+    # resized crops: each rank reads the photos' sizes to choose the decode size, and must choose the same
     args = ["--data.dataset", "folder", "--data.cache_dir", str(cache), "--data.val_size", "8"]
+    args += ["--data.crop", "resized"]
     proc = run_cli(["fit", *ddp_args(root, *args, "--trainer.callbacks+=tests.helpers.RecordRank")], tmp_path)
     _, err = finish(proc)
     pixels = list(cache.glob("*.pixels"))
-    assert len(pixels) == 1 and err.count("decoded ") == 1  # decoded once, by one process of the node
+    assert len(pixels) == 1 and err.count(f"decoded {root / 'train'}:") == 1  # once, by one process of the node
+    assert pixels[0].name.endswith("-40px.pixels")  # the photos' median short side (41), not 32 / sqrt(0.35) -> 56
     r0, r1 = ranks(tmp_path)
     assert (
         r0["mapped"] == r1["mapped"] == [str(pixels[0].resolve())]
