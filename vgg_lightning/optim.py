@@ -82,12 +82,11 @@ class OptimOptions:
         no_decay = [p for p in trained if p.ndim <= 1 and id(p) not in own]  # BN weights and all biases
         shift_group = [{"params": shifts, "lr": self.bn_bias_lr, "weight_decay": 0.0}] if shifts else []
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups += shift_group
-        fused = device_type == "cuda" if self.fused is None else self.fused
-        lr, momentum = self.lr, self.momentum
         if self.name == "muon":
             groups = muon.param_groups(decay, no_decay, self.muon_lr, self.weight_decay, self.muon_momentum)
-        groups = self._features_scaled(groups + shift_group if self.name == "muon" else groups, net)
+        groups = self._features_scaled(groups + shift_group, net)
+        fused = device_type == "cuda" if self.fused is None else self.fused
+        lr, momentum = self.lr, self.momentum
         if self.name == "sgd":
             nesterov = self.nesterov and momentum > 0
             return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
