@@ -270,7 +270,7 @@ def test_a_full_disk_is_said_before_decoding_and_the_run_goes_on_from_memory(tre
 
 
 def test_photos_smaller_than_the_crop_range_asks_for_are_stored_at_their_own_size(tmp_path):
-    # 32 px at crop_scale 0.35 asks for 56 px; these photos' short sides are 40-46 px (median 42 -> 40)
+    # 32 px at crop_scale 0.35 asks for 56 px; these photos' short sides are 40-45 px (median 42.5: 42 -> 40)
     for c, name in enumerate(COLOURS):
         for i in range(6):
             write_image(tmp_path / "d" / "train" / name / f"{i}.png", COLOURS[name], (60, 40 + i), seed=c * 10 + i)
