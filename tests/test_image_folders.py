@@ -269,15 +269,20 @@ def test_a_full_disk_is_said_before_decoding_and_the_run_goes_on_from_memory(tre
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-def test_photos_smaller_than_the_crop_range_asks_for_are_stored_at_their_own_size(tmp_path):
+def test_photos_smaller_than_the_crop_range_asks_for_are_stored_at_their_own_size(tmp_path, monkeypatch):
     # 32 px at crop_scale 0.35 asks for 56 px; these photos' short sides are 40-45 px (median 42.5: 42 -> 40)
     for c, name in enumerate(COLOURS):
         for i in range(6):
             write_image(tmp_path / "d" / "train" / name / f"{i}.png", COLOURS[name], (60, 40 + i), seed=c * 10 + i)
+    scans = []
+    scan = image_folders.scan
+    monkeypatch.setattr(image_folders, "scan", lambda *a: scans.append(a[0]) or scan(*a))
     dm = dm_for(tmp_path / "d", tmp_path, crop="resized", val_size=3)
     assert dm.photos_decoded_small() and dm.decode_size == 40
     dm.prepare_data()
     dm.setup("fit")
+    assert scans == [tmp_path / "d" / "train"]  # the folder is listed once: sizing the decode and loading share it
+    monkeypatch.undo()
     assert tuple(dm.train_set.images().shape[1:]) == (3, 40, 40)
     # the same photos where the crop range asks for less than they have: decoded at the asked size
     wide = dm_for(tmp_path / "d", tmp_path, crop="resized", crop_scale=(0.8, 1.0), val_size=3)

@@ -9,6 +9,7 @@ Splits are index sets into one store (``image_sets``), never copies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -168,7 +169,7 @@ class ImageDataModule(L.LightningDataModule):
         self._folder_splits_loaded: dict[str, Optional[image_folders.FolderSplit]] = {}
         self._host_to_gpu = False  # a GPU run whose images stay in host memory (see _place)
         self._train_loader: Optional[TensorBatchLoader] = None
-        self._photos_side_read: Optional[tuple[Optional[int]]] = None  # (median short side,) once read
+        self._scanned: dict[str, image_folders.FileList] = {}  # a split's file list scanned early, for its loading
         self._train_loader_state: Optional[dict[str, int]] = None  # from a checkpoint, for the next train loader
 
     @property
@@ -190,7 +191,7 @@ class ImageDataModule(L.LightningDataModule):
         if not self.resized_crop:
             return h.image_size
         if self.photos_decoded_small():  # storing photos enlarged adds pixels, not detail
-            return max(h.image_size, self._photos_side() // 8 * 8)
+            return max(h.image_size, self._photos_side // 8 * 8)
         return self._crop_decode_size()
 
     def _crop_decode_size(self) -> int:
@@ -201,18 +202,18 @@ class ImageDataModule(L.LightningDataModule):
         """Whether the default decode size is the photos' own (smaller than the crop range asks for)."""
         if self.hparams.decode_size is not None or not self.is_folder or not self.resized_crop:
             return False
-        side = self._photos_side()
+        side = self._photos_side
         return side is not None and side < self._crop_decode_size()
 
+    @functools.cached_property
     def _photos_side(self) -> Optional[int]:
-        """The median short side of train/'s photos (from a sample of their headers), read once; None without them."""
-        if self._photos_side_read is None:
-            train = self.data_dir / "train"
-            side = None
-            if train.is_dir():
-                side = image_folders.median_short_side(image_folders.scan(train, self._folder_class_names()))
-            self._photos_side_read = (side,)
-        return self._photos_side_read[0]
+        """The median short side of train/'s photos (from a sample of their headers); None without them. Its file
+        list is kept for loading the split, which would otherwise scan the folder again."""
+        train = self.data_dir / "train"
+        if not train.is_dir():
+            return None
+        self._scanned["train"] = image_folders.scan(train, self._folder_class_names())
+        return image_folders.median_short_side(self._scanned["train"])
 
     def to_image_size(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images at ``image_size`` (decoded larger: resized down, antialiased); the whole image, as
@@ -284,6 +285,7 @@ class ImageDataModule(L.LightningDataModule):
                 self.cache_dir,
                 self.hparams.num_workers,
                 build=build,
+                listing=self._scanned.pop(split, None),
             )
         return self._folder_splits_loaded[split]
 
@@ -357,8 +359,13 @@ class ImageDataModule(L.LightningDataModule):
         size, stored = self.hparams.image_size, self.decode_size
         say(
             f"data: {self.data_dir}: {', '.join(parts)}, {len(self.class_names)} classes, {size}x{size}"
-            + (f" (decoded at {stored}x{stored})" if stored != size and not self.photos_decoded_small() else "")
-            + (f" (decoded at the photos' own size, {stored} px)" if self.photos_decoded_small() else "")
+            + (
+                f" (decoded at the photos' own size, {stored} px)"
+                if self.photos_decoded_small()
+                else f" (decoded at {stored}x{stored})"
+                if stored != size
+                else ""
+            )
             + (f", {image_folders.count_of(skipped, 'unreadable file')} skipped" if skipped else "")
             + (
                 f", random-resized crops of {self.hparams.crop_scale[0]:g}-{self.hparams.crop_scale[1]:g} of each image"

@@ -359,17 +359,19 @@ def load_split(
     cache_dir: Path,
     workers: int = 0,
     build: bool = True,
+    listing: Optional[FileList] = None,
 ) -> Optional[FolderSplit]:
     """The decoded split ``data_dir/<split>``: mapped from the cache when it is current, else decoded into a new
     cache (``build``) or into memory.
 
     None when the split folder does not exist. ``build`` is for the one process per node that writes the cache
     (prepare_data); it also checks every chunk of a cache it finds. The others (DDP ranks, after it) map the cache
-    as it is, and decode into memory only where it could not be written."""
+    as it is, and decode into memory only where it could not be written. ``listing``: the split's ``scan``, where
+    the caller has just made it."""
     split_dir = data_dir / split
     if not split_dir.is_dir():
         return None
-    listing = scan(split_dir, names)
+    listing = listing or scan(split_dir, names)
     if build:  # said once (prepare_data runs once per node)
         for rel, why in listing.skipped_links:
             _say(f"skipped {display_name(split_dir / rel)}: {why}")
