@@ -1,6 +1,8 @@
 """A recipe's variant for CPUs without bf16 (``cpu_fp32_config``): read after the recipe on such a machine only, and
 what the user typed still wins."""
 
+import sys
+
 import pytest
 import yaml
 
@@ -52,15 +54,21 @@ def test_only_runs_in_fp32_on_a_cpu_take_the_variant(monkeypatch):
 
 
 def test_fit_on_a_cpu_without_bf16_trains_the_variant_and_keeps_typed_options(
-    recipe, cifar10_dir, tmp_path, monkeypatch, capsys
+    recipe, cifar10_dir, tmp_path, monkeypatch, capsys, recwarn
 ):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     args = ["fit", "--config", str(recipe), "--data.data_dir", str(cifar10_dir), "--data.download", "false"]
     args += ["--data.val_size", "40", "--data.batch_size", "16", "--trainer.enable_progress_bar", "false"]
-    assert main([*args, "--trainer.enable_model_summary", "false", "--model.label_smoothing", "0.3"]) == 0
+    # From the command line, as a user runs it: sys.argv holds the options and main reads them there.
+    args += ["--trainer.enable_model_summary", "false", "--model.label_smoothing", "0.3"]
+    monkeypatch.setattr(sys, "argv", ["vgg_lightning", *args])
+    assert main() == 0
     saved = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
     assert saved["model"]["net"]["arch"] == "vgg13"  # from the variant
     assert saved["model"]["net"]["width"] == 0.125  # from the recipe, which the variant leaves alone
     assert saved["model"]["label_smoothing"] == 0.3  # typed: wins over both
-    assert "recipe: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "recipe: " in err
+    upstream = [str(w.message) for w in recwarn if "intended to run from within Python" in str(w.message)]
+    assert upstream == []  # LightningCLI's warning for args given twice has no place on the first screen

@@ -135,7 +135,8 @@ class VGGLightningCLI(LightningCLI):
             args, self.recipe_note = recipes.with_fp32_variant(self.raw_args)
             if self.recipe_note:
                 self.raw_args = args
-                super().parse_arguments(parser, args)
+                # parser.parse_args: LightningCLI's parse_arguments warns whenever args and sys.argv are both given
+                self.config = parser.parse_args(args)
                 cfg = self.config[sub]
         # LightningCLI next restores every model option from --ckpt_path; these typed here must win over it.
         self.runtime_model_options = {
