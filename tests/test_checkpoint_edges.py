@@ -4,11 +4,13 @@ earlier state of a run, evaluating a budgeted run."""
 import shutil
 import unicodedata
 
+import pytest
 import torch
 
 from vgg_lightning import checkpoints
 from vgg_lightning.cli import main
 
+from .helpers.callbacks import ValidationSteps
 from .helpers.data import tiny_folder_args, write_tree
 from .helpers.runs import run_cli, tiny
 
@@ -109,3 +111,26 @@ def test_evaluating_a_budgeted_run_keeps_the_first_screen(cifar10_dir, tmp_path,
     assert proc.returncode == 0, err
     assert "Test results on 40 images" in out
     assert "Be aware" not in err and "TimeBudget" not in err
+
+
+@pytest.mark.parametrize("max_steps, validated", [(15, [10, 15]), (5, [5])])
+def test_max_steps_inside_an_epoch_ends_validated_and_checkpointed(
+    max_steps, validated, cifar10_dir, tmp_path, monkeypatch, recwarn
+):
+    """10 steps an epoch. Lightning alone validates only at epoch ends: max_steps 15 ended with epoch 0's val/acc
+    printed again for step 15 and a checkpoint named after it; max_steps 5 with no validation at all, no best
+    checkpoint and ModelCheckpoint's warning that val/acc was never logged."""
+    monkeypatch.chdir(tmp_path)
+    ValidationSteps.seen = []
+    args = tiny(
+        cifar10_dir,
+        *("--trainer.max_steps", str(max_steps), "--checkpoint.save_top_k", "-1"),
+        "--trainer.callbacks+=tests.helpers.ValidationSteps",
+    )
+    assert main(["fit", *args]) == 0
+    assert ValidationSteps.seen == validated
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    saved = sorted(torch.load(p, weights_only=True)["global_step"] for p in folder.glob("epoch*.ckpt"))
+    assert saved == validated  # one checkpoint per validation, the last of them at max_steps
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == max_steps
+    assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]

@@ -24,6 +24,7 @@ from vgg_lightning import checkpoints, loggers, precision, quiet, recipes
 from vgg_lightning import pretrained as pretrained_weights
 from vgg_lightning.callbacks.budget import TimeBudget, parse_duration
 from vgg_lightning.callbacks.reliability import LastCheckpoint, NonFiniteLossError
+from vgg_lightning.callbacks.step_limit import ValidateAtMaxSteps
 from vgg_lightning.compat import model_options_now
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.errors import ConfigError, DataError, report
@@ -262,6 +263,8 @@ class VGGLightningCLI(LightningCLI):
             kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
         elif sub == "fit" and self.ckpt is not None and _has_budget_plan(self.ckpt):
             own.append(TimeBudget(None, started=self.started))  # resumed without max_time: the run's plan goes on
+        elif sub == "fit" and trainer.get("max_steps") not in (None, -1):
+            own.append(ValidateAtMaxSteps())  # a max_steps inside an epoch still ends validated and checkpointed
         own += self.extra_callbacks
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
         plugins = trainer.get("plugins") or []

@@ -5,6 +5,13 @@
 - ``runs``: the tiny net's options and ways to run the CLI as a subprocess
 """
 
-from tests.helpers.callbacks import BlockRank1, PoisonWeights, RecordRank, SigtermAt, StopAfterEpoch
+from tests.helpers.callbacks import (
+    BlockRank1,
+    PoisonWeights,
+    RecordRank,
+    SigtermAt,
+    StopAfterEpoch,
+    ValidationSteps,
+)
 
-__all__ = ["BlockRank1", "PoisonWeights", "RecordRank", "SigtermAt", "StopAfterEpoch"]
+__all__ = ["BlockRank1", "PoisonWeights", "RecordRank", "SigtermAt", "StopAfterEpoch", "ValidationSteps"]

@@ -28,6 +28,17 @@ class PoisonWeights(L.Callback):
                 next(p for p in pl_module.parameters() if p.ndim == 4).fill_(float("nan"))
 
 
+class ValidationSteps(L.Callback):
+    """Appends the global step of each validation (not the sanity check) to ``ValidationSteps.seen``: in-process
+    runs read it after ``main`` returns."""
+
+    seen: list[int] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            ValidationSteps.seen.append(trainer.global_step)
+
+
 class RecordRank(L.Callback):
     """Writes what each DDP rank saw to rank<N>.json in the working directory."""
 
