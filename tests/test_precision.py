@@ -39,6 +39,20 @@ def test_cpu_without_bf16_gets_32_bit(cpu):
     assert line.startswith("CPU without bf16 instructions (AVX2)") and "32-true" in line
 
 
+def test_ddp_on_a_cpu_names_its_processes_and_their_threads(cpu, monkeypatch):
+    """Lightning gives each of N processes on a CPU the cores // N threads when it launches them (unless
+    OMP_NUM_THREADS says): the first line, said before the launch, counts them the same way."""
+    cpu(False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("lightning.fabric.utilities.distributed._num_cpus_available", lambda: 2)
+    assert precision.cpu_processes("auto", 2) == precision.cpu_processes("cpu", "2") == 2
+    assert precision.cpu_processes("auto", "auto") == precision.cpu_processes("cpu", 1) == 1
+    line = precision.describe("auto", "32-true", chosen=True, processes=2)
+    assert line == "CPU without bf16 instructions (AVX2), 2 processes (DDP) of 1 thread each: 32-true, channels_last"
+    monkeypatch.setattr("lightning.fabric.utilities.distributed._num_cpus_available", lambda: 16)
+    assert "2 processes (DDP) of 8 threads each" in precision.describe("auto", "32-true", chosen=True, processes=2)
+
+
 def test_onednn_isa_cap_turns_bf16_off(cpu, monkeypatch):
     cpu(True)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # AVX-512 without its bf16 extension

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -52,7 +53,11 @@ def test_ddp_paced_checkpoints_over_many_short_epochs(cifar10_dir, tmp_path):
         "fit",
         *ddp_args(cifar10_dir, "--trainer.max_epochs", "15", "--trainer.callbacks+=tests.helpers.RecordRank"),
     ]
-    finish(run_cli(args, tmp_path))
+    _, err = finish(run_cli(args, tmp_path))
+    # The first screen: our one line for the processes and threads, none of DDP's own start-up lines per rank.
+    assert re.search(r"CPU .*, 2 processes \(DDP\) of \d+ threads? each: ", err), err[:2000]
+    for noise in ("Initializing distributed", "[rank: 1] Seed set to", "All distributed processes registered"):
+        assert noise not in err, noise
     last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 75 and last["epoch"] == 14
     assert [r["global_step"] for r in ranks(tmp_path)] == [75, 75]

@@ -123,6 +123,7 @@ class VGGLightningCLI(LightningCLI):
     # -- before anything is built: resolve checkpoints, precision and where the run logs --------------------------
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        quiet.silence_upstream_noise()  # before LightningCLI seeds: a DDP rank it launched says so with its rank
         self.ckpt: Optional[dict] = None
         self.ckpt_note = ""
         self.recipe_note = ""
@@ -198,7 +199,6 @@ class VGGLightningCLI(LightningCLI):
             and not trainer.get("max_epochs")
         ):
             trainer.max_epochs = -1  # the budget decides
-        quiet.silence_upstream_noise()
         if (
             sub == "fit"
             and cfg.model.net.get("pretrained")
@@ -217,6 +217,7 @@ class VGGLightningCLI(LightningCLI):
                 str(trainer.precision),
                 self.precision_chosen,
                 cfg.model.get("channels_last"),
+                precision.cpu_processes(trainer.get("accelerator", "auto"), trainer.get("devices", "auto")),
             )
         )
         if self.recipe_note:

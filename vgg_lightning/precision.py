@@ -12,6 +12,7 @@ import warnings
 from typing import Optional, Union
 
 import torch
+from lightning.fabric.utilities.distributed import _suggested_max_num_threads
 
 
 def cpu_capability() -> str:
@@ -59,7 +60,25 @@ def use_tf32(accelerator: object) -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def describe(accelerator: object, precision: str, chosen: bool, channels_last: Optional[bool] = None) -> str:
+def cpu_processes(accelerator: object, devices: object) -> int:
+    """How many processes a run on a CPU starts (``trainer.devices``: a count; ``auto`` is one); 1 on a GPU."""
+    if on_gpu(accelerator):
+        return 1
+    text = str(devices).strip()
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def threads_per_process(processes: int) -> int:
+    """The threads each process computes with: Lightning gives each of N processes on a CPU the cores // N (at
+    least one) when it launches them, unless OMP_NUM_THREADS already says."""
+    if processes <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    return _suggested_max_num_threads(processes)
+
+
+def describe(
+    accelerator: object, precision: str, chosen: bool, channels_last: Optional[bool] = None, processes: int = 1
+) -> str:
     """One line: where the run goes, with which precision and memory format, and why when we chose it."""
     gpu = on_gpu(accelerator)
     if channels_last is None:
@@ -76,7 +95,10 @@ def describe(accelerator: object, precision: str, chosen: bool, channels_last: O
         kind = f"CPU with bf16 instructions ({cpu_bf16_name()}, {isa})"
     else:
         kind = f"CPU without bf16 instructions ({isa})"
-    return f"{kind}, {torch.get_num_threads()} threads: {precision}{how}, {layout}"
+    threads = threads_per_process(processes)
+    threads_text = f"{threads} thread{'s' if threads != 1 else ''}"
+    where = f"{processes} processes (DDP) of {threads_text} each" if processes > 1 else threads_text
+    return f"{kind}, {where}: {precision}{how}, {layout}"
 
 
 def warn_if_slow(accelerator: object, precision: str) -> None:

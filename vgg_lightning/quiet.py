@@ -29,6 +29,18 @@ _FILTER = _DropMessages(
     "Automatic Mixed Precision (AMP)",
     # Lightning explaining how it sizes the schedule; the budget or the epochs say it in the user's terms.
     "to estimate number of stepping batches",
+    # DDP's start, a line from each process ("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2", "[rank: 1] Seed
+    # set to 0", "distributed_backend=gloo ... registered"): our first line says how many processes, threads each.
+    "Initializing distributed: ",
+    "] Seed set to ",
+    "All distributed processes registered",
+)
+# Where those come from: rank_zero_info's loggers, and the modules that log DDP's start and the seed themselves.
+_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.fabric.utilities.distributed",
+    "lightning.fabric.utilities.seed",
 )
 
 
@@ -45,7 +57,7 @@ def allow_upstream(fragment: str) -> None:
 
 
 def silence_upstream_noise() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
