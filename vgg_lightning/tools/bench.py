@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
+from vgg_lightning import quiet
+from vgg_lightning.callbacks.budget import LIGHTNING_STOP_MESSAGE
 from vgg_lightning.data import pixel_cache
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.datamodule import STATS, ImageDataModule
@@ -232,7 +234,11 @@ def lightning_fit(cfg: dict, images: torch.Tensor, labels: torch.Tensor, device:
         benchmark=device.type == "cuda",
     )
     _reset_peak(device)
-    trainer.fit(model, datamodule=data)
+    quiet.drop_upstream(LIGHTNING_STOP_MESSAGE)  # the loop ends at max_steps by design
+    try:
+        trainer.fit(model, datamodule=data)
+    finally:
+        quiet.allow_upstream(LIGHTNING_STOP_MESSAGE)
     seconds = timer.t1 - timer.t0
     # Lightning fetches one batch ahead, so the first `warmup` fetches belong to the warm-up steps.
     wait = sum(data.timed.waits[cfg["warmup"] : total]) if data.timed else float("nan")
@@ -379,7 +385,7 @@ def run(
         warmup: untimed steps first (compilation, cudnn autotuning, allocator).
         repeats: runs of each loop, alternating; medians are reported.
         precision: ``32-true``, ``bf16-mixed``, ``16-mixed``; default: as ``fit`` picks it for the device.
-        channels_last: NHWC memory format; default: on for CUDA, off on CPU.
+        channels_last: NHWC memory format; default: as ``fit`` picks it (on, for CUDA and CPU alike).
         compile: ``torch.compile`` the network in both loops.
         fused: fused SGD (one kernel for all parameters) in both loops; default: as ``fit`` picks it (on for CUDA).
         lr: peak learning rate (the step time does not depend on it).
@@ -390,6 +396,7 @@ def run(
         mapped: serve the images as ``fit`` serves class folders: from a memory-mapped file (written to a temporary
             folder first), gathered a few batches ahead in a thread; default: from memory, each batch when asked.
     """
+    quiet.silence_upstream_noise()  # the table is the output: no Trainer banner or advertisement in between
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
