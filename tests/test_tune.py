@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from vgg_lightning.tune import BudgetSharePruning, main
+from vgg_lightning.tune import BudgetSharePruning, in_one_process, main
 
 from .helpers.runs import run_cli, run_cli_to_end
 
@@ -84,6 +84,24 @@ def test_options_fit_does_not_take_are_one_message_before_any_trial(cifar10_dir,
     err = capfd.readouterr().err
     assert "tune: fit does not take these options: error: unrecognized arguments: --model.lrr 0.1" in err
     assert "Traceback" not in err and not list((tmp_path / "out").glob("trial_*.log"))
+
+
+def test_trials_of_a_recipe_for_several_processes_run_as_one_with_its_images_a_step(tmp_path):
+    """Lightning would start the second DDP process by running the whole tune again. A recipe whose fp32 variant
+    asks for 2 processes x 4 images (as cpu_fp32.yaml does on a CPU without bf16; 32-true asked for here, so it
+    applies on any CPU) is tuned as 1 x 8; devices typed by hand the same way."""
+    (tmp_path / "recipe.yaml").write_text("cpu_fp32_config: variant.yaml\ndata:\n  batch_size: 16\n")
+    (tmp_path / "variant.yaml").write_text("trainer:\n  devices: 2\ndata:\n  batch_size: 4\n")
+    recipe = ["--config", str(tmp_path / "recipe.yaml"), "--trainer.accelerator", "cpu", "--trainer.precision", "32"]
+    args, note = in_one_process(recipe)
+    assert args[:4] == ["--config", str(tmp_path / "recipe.yaml"), "--config", str(tmp_path / "variant.yaml")]
+    assert args[-3:] == ["--trainer.devices=1", "--trainer.num_nodes=1", "--data.batch_size=8"]
+    assert note == (
+        "tune: each trial runs in this process, on one device (the recipe asks for devices 2)"
+        " with --data.batch_size 8, the recipe's images a step"
+    )
+    assert in_one_process(["--trainer.devices", "3", "--data.batch_size", "16"])[0][-1] == "--data.batch_size=48"
+    assert in_one_process(["--data.batch_size", "16"]) == (["--data.batch_size", "16"], "")
 
 
 @pytest.mark.parametrize(

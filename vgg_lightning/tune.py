@@ -170,6 +170,32 @@ def recipe_config(fit_args: list[str]) -> dict[str, Any]:
     return yaml.safe_load(printed.getvalue()) or {}
 
 
+def in_one_process(fit_args: list[str]) -> tuple[list[str], str]:
+    """The fit arguments for trials run in this process, and the line that says what changed ("" if nothing).
+
+    Lightning starts a run's further DDP processes by running its command again, which here is the whole tune: so
+    every trial is one process, with the images a step the recipe asks for (cpu_fp32.yaml's 2 processes x 128 on a
+    CPU without bf16 become 1 x 256)."""
+    from vgg_lightning import recipes
+
+    config = recipe_config(fit_args)
+    if config.get(recipes.KEY) and recipes.trains_in_fp32_on_cpu(config.get("trainer") or {}):
+        fit_args = recipes.with_fp32_variant(fit_args)[0]  # read here, so that its devices are seen
+        config = recipe_config(fit_args)
+    trainer = config.get("trainer") or {}
+    devices, nodes = str(trainer.get("devices", 1)), int(trainer.get("num_nodes") or 1)
+    if devices == "1" and nodes == 1:
+        return fit_args, ""
+    extra = ["--trainer.devices=1", "--trainer.num_nodes=1"]
+    note = f"tune: each trial runs in this process, on one device (the recipe asks for devices {devices})"
+    batch = (config.get("data") or {}).get("batch_size")
+    if devices.isdigit() and batch:
+        step = int(batch) * int(devices) * nodes
+        extra.append(f"--data.batch_size={step}")
+        note += f" with --data.batch_size {step}, the recipe's images a step"
+    return [*fit_args, *extra], note
+
+
 def recipe_values(config: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
     """The searched options' values in a recipe's config."""
     values = {}
@@ -535,6 +561,9 @@ def main(args: Optional[list[str]] = None) -> int:
         log.error("error: tune needs Optuna: pip install 'vgg_lightning[tune]'   (or: pip install optuna)")
         return 2
     try:
+        fit_args, note = in_one_process(fit_args)
+        if note:
+            print(note, flush=True)
         Tuner(options, fit_args).run()
     except (ConfigError, DataError) as e:
         return report(e)
