@@ -41,6 +41,9 @@ def test_real_cifar_subset(tmp_path, monkeypatch):
         "1000",
         "--trainer.enable_progress_bar",
         "false",
+        # In this process: cpu_fp32.yaml's two DDP processes would be launched by running pytest's command again.
+        "--trainer.devices",
+        "1",
     ]
     assert main(["fit", *common, "--trainer.max_epochs", "6"]) == 0
     assert main(["test", *common, "--ckpt_path", "best"]) == 0
