@@ -113,18 +113,21 @@ def test_evaluating_a_budgeted_run_keeps_the_first_screen(cifar10_dir, tmp_path,
     assert "Be aware" not in err and "TimeBudget" not in err
 
 
-@pytest.mark.parametrize("max_steps, validated", [(15, [10, 15]), (5, [5])])
+@pytest.mark.parametrize(
+    "max_steps, budget, validated", [(15, [], [10, 15]), (5, [], [5]), (5, ["--trainer.max_time", "00:00:10:00"], [5])]
+)
 def test_max_steps_inside_an_epoch_ends_validated_and_checkpointed(
-    max_steps, validated, cifar10_dir, tmp_path, monkeypatch, recwarn
+    max_steps, budget, validated, cifar10_dir, tmp_path, monkeypatch, recwarn
 ):
     """10 steps an epoch. Lightning alone validates only at epoch ends: max_steps 15 ended with epoch 0's val/acc
     printed again for step 15 and a checkpoint named after it; max_steps 5 with no validation at all, no best
-    checkpoint and ModelCheckpoint's warning that val/acc was never logged."""
+    checkpoint and ModelCheckpoint's warning that val/acc was never logged; so did max_steps 5 under a time budget
+    (as in `--config configs/cpu.yaml --trainer.max_steps 5`), which plans only after 30 steps."""
     monkeypatch.chdir(tmp_path)
     ValidationSteps.seen = []
     args = tiny(
         cifar10_dir,
-        *("--trainer.max_steps", str(max_steps), "--checkpoint.save_top_k", "-1"),
+        *("--trainer.max_steps", str(max_steps), "--checkpoint.save_top_k", "-1", *budget),
         "--trainer.callbacks+=tests.helpers.ValidationSteps",
     )
     assert main(["fit", *args]) == 0

@@ -264,8 +264,10 @@ class VGGLightningCLI(LightningCLI):
             kwargs["max_time"] = None  # planned by TimeBudget instead of cut by Lightning's Timer
         elif sub == "fit" and self.ckpt is not None and _has_budget_plan(self.ckpt):
             own.append(TimeBudget(None, started=self.started))  # resumed without max_time: the run's plan goes on
-        elif sub == "fit" and trainer.get("max_steps") not in (None, -1):
-            own.append(ValidateAtMaxSteps())  # a max_steps inside an epoch still ends validated and checkpointed
+        if sub == "fit" and trainer.get("max_steps") not in (None, -1):
+            # A max_steps inside an epoch still ends validated and checkpointed, also under a budget that has not
+            # planned yet (its plans stop at max_steps the same way).
+            own.append(ValidateAtMaxSteps())
         own += self.extra_callbacks
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": own}
         plugins = trainer.get("plugins") or []
