@@ -1,11 +1,14 @@
 """VGG networks for 32x32 images, built from plain config lists as torchvision's ``models/vgg.py`` does.
 
 ``vgg11/13/16/19`` follow torchvision's configs A, B, D and E; the CIFAR head replaces the 4096-wide ImageNet
-classifier (the feature map is 1x1x512 after five pools of a 32x32 image). ``blog_vgg16`` is the blog article's
-"VGG-16" exactly as it printed it, kept so users can compare against it.
+classifier (the feature map is 1x1x512 after five pools of a 32x32 image). ``vgg7`` is a shallower VGG for slow
+CPUs: seven 3x3 convolutions, three pools, most of its channels on the 8x8 and 4x4 maps (the layout of the CIFAR-10
+speed runs, airbench's). ``blog_vgg16`` is the blog article's "VGG-16" exactly as it printed it, kept so users can
+compare against it.
 
-Both take any image size of 32 or more: an adaptive average pool before the head brings the feature map to the
-size the head was built for (1x1 for VGG, 4x4 for blog_vgg16), which is an identity at 32x32.
+All take any image size of 32 or more: an adaptive average pool before the head brings the feature map to the size
+the head was built for (1x1 for VGG, 4x4 for blog_vgg16): an identity at 32x32, except for ``vgg7``, whose 4x4 map
+is averaged to 1x1.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from typing_extensions import override
 
 from vgg_lightning import pretrained as pretrained_weights
 
-# "M" is a 2x2 max-pool; numbers are output channels of a 3x3 convolution (torchvision's cfgs A, B, D, E).
+# "M" is a 2x2 max-pool; numbers are output channels of a 3x3 convolution (torchvision's cfgs A, B, D, E; then
+# vgg7, not one of the paper's: each stack's channels rise at the convolution before its pool, and a last 4x4 stack
+# without one; at width 1 the channels cpu_fp32.yaml trains, since its first conv is the 24-filter whitening).
 CONFIGS: dict[str, list[Union[int, str]]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "vgg7": [24, 32, "M", 32, 96, "M", 96, 192, "M", 192],
 }
 ARCHS = (*CONFIGS, "blog_vgg16")
 # The nonlinearity after each convolution: VGG's ReLU, or the GELU the CIFAR-10 speed runs use.
@@ -37,12 +43,15 @@ class NetOptions:
     """The network: ``--model.net.*`` on the command line, ``model: net:`` in a recipe.
 
     Args:
-        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, or ``blog_vgg16`` (the blog article's "VGG-16", as printed).
+        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``; ``vgg7`` (seven convolutions, channels 24-32 | 32-96 |
+            96-192 | 192 at width 1, each "|" a pool: a shallower VGG for CPUs without bf16, ``cpu_fp32.yaml``'s); or
+            ``blog_vgg16`` (the blog article's "VGG-16", as printed).
         batch_norm: BatchNorm after each convolution (the "-BN" variants).
         width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
-        stage_widths: one more factor per stage (the convolutions before each of the five poolings), on top of
-            ``width``: ``[1, 1, 1, 1, 0.5]`` halves the last stage (its 2x2 maps take 11% of a CPU step for 8% of
-            the FLOPs; ``python -m vgg_lightning.tools.bench --stages true`` shows each stage's share). Default: 1 each.
+        stage_widths: one more factor per stage (the convolutions before each of the five poolings; vgg7's four
+            stages end at its three poolings and the head), on top of ``width``: ``[1, 1, 1, 1, 0.5]`` halves
+            VGG-13's last stage (its 2x2 maps take 11% of a CPU step for 8% of the FLOPs; ``python -m
+            vgg_lightning.tools.bench --stages true`` shows each stage's share). Default: 1 each.
         activation: ``relu`` (VGG's) or ``gelu`` (the speed runs') after every convolution; the head keeps ReLU.
         pool_before_bn: each stage's pooling right after its last convolution, before that convolution's BatchNorm
             and activation (airbench's order). Max-pooling commutes with the ReLU, so only BatchNorm's statistics
@@ -63,7 +72,7 @@ class NetOptions:
             ImageNet's mean and std unless ``data.mean``/``data.std`` are given (``pretrained.py``).
     """
 
-    arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "blog_vgg16"] = "vgg16"
+    arch: Literal["vgg11", "vgg13", "vgg16", "vgg19", "vgg7", "blog_vgg16"] = "vgg16"
     batch_norm: bool = True
     width: PositiveFloat = 1.0
     stage_widths: Optional[list[PositiveFloat]] = None
@@ -90,7 +99,8 @@ class NetOptions:
             try:
                 stage_factors(CONFIGS[self.arch], self.width, self.stage_widths)
             except ValueError as e:
-                raise ValueError(f"model.net.{e}; e.g. --model.net.stage_widths '[1, 1, 1, 1, 0.5]'") from None
+                ones = ", ".join(["1"] * (stages(CONFIGS[self.arch]) - 1))
+                raise ValueError(f"model.net.{e}; e.g. --model.net.stage_widths '[{ones}, 0.5]'") from None
         if self.pretrained is not None:
             pretrained_weights.check(
                 self.arch,
@@ -127,15 +137,20 @@ class NetOptions:
         return net
 
 
+def stages(cfg: list[Union[int, str]]) -> int:
+    """How many stages a config has: the convolutions before each pooling, and those after the last one (vgg7's)."""
+    return cfg.count("M") + (cfg[-1] != "M")
+
+
 def stage_factors(cfg: list[Union[int, str]], width: float, stage_widths: Optional[Sequence[float]]) -> list[float]:
     """The factor on each convolution's channels: ``width`` times its stage's entry of ``stage_widths`` (a stage
-    is the convolutions before a pooling; every VGG config has five)."""
-    stages = cfg.count("M")
+    is the convolutions before a pooling, or after the last one: five in torchvision's configs, four in vgg7)."""
+    n = stages(cfg)
     if stage_widths is None:
-        stage_widths = [1.0] * stages
-    if len(stage_widths) != stages or min(stage_widths) <= 0:
+        stage_widths = [1.0] * n
+    if len(stage_widths) != n or min(stage_widths) <= 0:
         raise ValueError(
-            f"stage_widths needs {stages} positive factors, one per stage,"
+            f"stage_widths needs {n} positive factors for this arch, one per stage,"
             f" got {len(stage_widths)}: {list(stage_widths)}"
         )
     factors, stage = [], 0
@@ -211,7 +226,8 @@ class VGG(nn.Module):
             activation=activation,
             pool_before_bn=pool_before_bn,
         )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 already at 32x32; larger images are averaged down to it
+        # 1x1 already at 32x32 after five pools (vgg7's 4x4 map is averaged); larger images are averaged down to it
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         in_features = next(m.out_channels for m in reversed(self.features) if isinstance(m, nn.Conv2d))
         head: list[nn.Module] = [nn.Flatten()]
         if head_hidden > 0:
