@@ -56,7 +56,7 @@ def test_stage_widths_scale_each_stage_on_top_of_width():
 
 
 def test_vgg7_has_four_stages_the_last_unpooled():
-    model = build_model("vgg7", pool_before_bn=True)
+    model = build_model("vgg7", width=0.375, pool_before_bn=True)
     layers = list(model.features)
     convs = [m.out_channels for m in layers if isinstance(m, nn.Conv2d)]
     assert convs == [24, 32, 32, 96, 96, 192, 192]
@@ -65,7 +65,7 @@ def test_vgg7_has_four_stages_the_last_unpooled():
     assert after_pool == [32, 96, 192]
     assert model.features(torch.zeros(2, 3, 32, 32)).shape == (2, 192, 4, 4)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-    halved = build_model("vgg7", stage_widths=[1, 1, 1, 0.5])
+    halved = build_model("vgg7", width=0.375, stage_widths=[1, 1, 1, 0.5])
     assert [m.out_channels for m in halved.modules() if isinstance(m, nn.Conv2d)] == [24, 32, 32, 96, 96, 192, 96]
     with pytest.raises(ValueError, match="4 positive factors"):
         build_model("vgg7", stage_widths=[1, 1, 1, 1, 0.5])

@@ -25,13 +25,13 @@ from vgg_lightning import pretrained as pretrained_weights
 
 # "M" is a 2x2 max-pool; numbers are output channels of a 3x3 convolution (torchvision's cfgs A, B, D, E; then
 # vgg7, not one of the paper's: each stack's channels rise at the convolution before its pool, and a last 4x4 stack
-# without one; at width 1 the channels cpu_fp32.yaml trains, since its first conv is the 24-filter whitening).
+# without one; on VGG's scale, so that a width means the same: x0.375, cpu_fp32.yaml's, gives 24-32|32-96|96-192|192).
 CONFIGS: dict[str, list[Union[int, str]]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-    "vgg7": [24, 32, "M", 32, 96, "M", 96, 192, "M", 192],
+    "vgg7": [64, 85, "M", 85, 256, "M", 256, 512, "M", 512],
 }
 ARCHS = (*CONFIGS, "blog_vgg16")
 # The nonlinearity after each convolution: VGG's ReLU, or the GELU the CIFAR-10 speed runs use.
@@ -43,8 +43,8 @@ class NetOptions:
     """The network: ``--model.net.*`` on the command line, ``model: net:`` in a recipe.
 
     Args:
-        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``; ``vgg7`` (seven convolutions, channels 24-32 | 32-96 |
-            96-192 | 192 at width 1, each "|" a pool: a shallower VGG for CPUs without bf16, ``cpu_fp32.yaml``'s); or
+        arch: ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``; ``vgg7`` (seven convolutions, channels 64-85 | 85-256 |
+            256-512 | 512, each "|" a pool: a shallower VGG for CPUs without bf16, ``cpu_fp32.yaml``'s at x0.375); or
             ``blog_vgg16`` (the blog article's "VGG-16", as printed).
         batch_norm: BatchNorm after each convolution (the "-BN" variants).
         width: factor on every channel count (0.5 gives a half-width VGG, 4x cheaper).
