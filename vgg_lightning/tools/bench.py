@@ -373,7 +373,7 @@ def run(
     """Benchmark; prints a table and returns the medians.
 
     Args:
-        arch: network (``vgg11``..``vgg19``, ``blog_vgg16``).
+        arch: network (``vgg11``..``vgg19``, ``vgg7``, ``blog_vgg16``).
         width: channel factor of the VGG.
         stage_widths: one more factor per stage (``--model.net.stage_widths`` of ``fit``).
         activation: ``relu`` or ``gelu`` after each convolution (``--model.net.activation`` of ``fit``).
