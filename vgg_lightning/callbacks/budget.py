@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from vgg_lightning import quiet, schedules
 from vgg_lightning.callbacks.pacing import SanityTiming
+from vgg_lightning.callbacks.step_limit import stop_validated
 from vgg_lightning.clock import StepClock, format_duration
 from vgg_lightning.messages import say
 
@@ -185,13 +186,12 @@ class TimeBudget(SanityTiming):
             self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
-        trainer.should_stop = True  # Lightning then validates, checkpoints and ends the fit
+        # Lightning then validates, checkpoints and ends the fit, also in an epoch that would not validate.
+        replaced = stop_validated(trainer)
+        if replaced is not None:
+            self._user_check_val_every = replaced
         # Lightning would close with "`max_epochs=N` reached": the plan set N; the budget's own line says why.
         quiet.drop_upstream(LIGHTNING_STOP_MESSAGE)
-        # The final model is always validated (and so checkpointed), also in an epoch that would not validate.
-        if trainer.check_val_every_n_epoch not in (None, 1):
-            self._user_check_val_every = trainer.check_val_every_n_epoch
-            trainer.check_val_every_n_epoch = 1
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
