@@ -97,6 +97,20 @@ def test_head_options():
     assert sum(isinstance(m, nn.Dropout) for m in model.classifier) == 2
 
 
+def test_head_pool_max_takes_each_channels_maximum_of_vgg7s_4x4_map():
+    from vgg_lightning.models import NetOptions
+
+    avg = build_model("vgg7", width=0.125)
+    top = build_model("vgg7", width=0.125, head_pool="max")
+    top.load_state_dict(avg.state_dict())  # no parameters of its own: checkpoints load either way
+    x = torch.randn(3, 3, 32, 32)
+    maps = top.eval().features(x)
+    assert torch.allclose(top(x), top.classifier(maps.amax(dim=(2, 3))))
+    assert not torch.allclose(top(x), avg.eval()(x))
+    with pytest.raises(ValueError, match="model.net.head_pool shapes the VGG configs"):
+        NetOptions(arch="blog_vgg16", head_pool="max").check()
+
+
 def test_seed_net_layout():
     net = BlogVGG16()
     convs = [m for m in net.features if isinstance(m, nn.Conv2d)]

@@ -6,9 +6,9 @@ CPUs: seven 3x3 convolutions, three pools, most of its channels on the 8x8 and 4
 speed runs, airbench's). ``blog_vgg16`` is the blog article's "VGG-16" exactly as it printed it, kept so users can
 compare against it.
 
-All take any image size of 32 or more: an adaptive average pool before the head brings the feature map to the size
-the head was built for (1x1 for VGG, 4x4 for blog_vgg16): an identity at 32x32, except for ``vgg7``, whose 4x4 map
-is averaged to 1x1.
+All take any image size of 32 or more: an adaptive pool before the head brings the feature map to the size the
+head was built for (1x1 for VGG, 4x4 for blog_vgg16): an identity at 32x32, except for ``vgg7``, whose 4x4 map is
+pooled to 1x1 (averaged, or its maximum taken with ``head_pool: max``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ class NetOptions:
             and activation (airbench's order). Max-pooling commutes with the ReLU, so only BatchNorm's statistics
             change (taken over the pooled map); BN and ReLU do a quarter of the work there: 5-8% more steps in the
             same time on a CPU.
+        head_pool: ``avg`` (VGG's) or ``max`` (airbench's): how the last feature map is pooled to 1x1 before the
+            head. The same at 32x32 for the five-pool VGGs, whose map is 1x1 there; it decides for ``vgg7`` (4x4)
+            and for larger images.
         head_hidden: width of two hidden FC layers in the head; 0 gives one linear layer from the features.
         dropout: dropout before each FC layer of the head.
         bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention: weight of the new batch).
@@ -78,6 +81,7 @@ class NetOptions:
     stage_widths: Optional[list[PositiveFloat]] = None
     activation: Literal["relu", "gelu"] = "relu"
     pool_before_bn: bool = False
+    head_pool: Literal["avg", "max"] = "avg"
     head_hidden: NonNegativeInt = 0
     dropout: ClosedUnitInterval = 0.0
     bn_momentum: ClosedUnitInterval = 0.1
@@ -89,7 +93,11 @@ class NetOptions:
 
     def check(self) -> None:
         """ValueError naming the option (``model.net.<option>: ...``) when the network cannot be built as asked."""
-        shaping = {"stage_widths": self.stage_widths is not None, "activation": self.activation != "relu"}
+        shaping = {
+            "stage_widths": self.stage_widths is not None,
+            "activation": self.activation != "relu",
+            "head_pool": self.head_pool != "avg",
+        }
         given = [name for name, on in {**shaping, "pool_before_bn": self.pool_before_bn}.items() if on]
         if given and self.arch not in CONFIGS:
             raise ValueError(
@@ -126,6 +134,7 @@ class NetOptions:
             stage_widths=self.stage_widths,
             activation=self.activation,
             pool_before_bn=self.pool_before_bn,
+            head_pool=self.head_pool,
         )
         vgg = self.arch in CONFIGS  # the options below shape a VGG; the blog's net is kept as printed
         if self.dirac and vgg:
@@ -214,6 +223,7 @@ class VGG(nn.Module):
         stage_widths: Optional[Sequence[float]] = None,
         activation: str = "relu",
         pool_before_bn: bool = False,
+        head_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.features = make_layers(
@@ -226,8 +236,8 @@ class VGG(nn.Module):
             activation=activation,
             pool_before_bn=pool_before_bn,
         )
-        # 1x1 already at 32x32 after five pools (vgg7's 4x4 map is averaged); larger images are averaged down to it
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        # 1x1 already at 32x32 after five pools (vgg7's map is 4x4); larger images are pooled down to it
+        self.pool = nn.AdaptiveMaxPool2d(1) if head_pool == "max" else nn.AdaptiveAvgPool2d(1)
         in_features = next(m.out_channels for m in reversed(self.features) if isinstance(m, nn.Conv2d))
         head: list[nn.Module] = [nn.Flatten()]
         if head_hidden > 0:
@@ -242,7 +252,7 @@ class VGG(nn.Module):
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.avgpool(self.features(x)))
+        return self.classifier(self.pool(self.features(x)))
 
 
 class BlogVGG16(nn.Module):
@@ -309,6 +319,7 @@ def build_model(
     stage_widths: Optional[Sequence[float]] = None,
     activation: str = "relu",
     pool_before_bn: bool = False,
+    head_pool: str = "avg",
 ) -> nn.Module:
     """The network named by ``arch``; ``blog_vgg16`` ignores the VGG-only options, as the article fixed them."""
     if arch in ("blog_vgg16", "seed"):  # "seed": its name in older checkpoints
@@ -327,6 +338,7 @@ def build_model(
         stage_widths=stage_widths,
         activation=activation,
         pool_before_bn=pool_before_bn,
+        head_pool=head_pool,
     )
 
 

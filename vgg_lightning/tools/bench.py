@@ -258,7 +258,7 @@ def stage_times(cfg: dict, device: torch.device, repeats: int = 10) -> list[dict
         if isinstance(layer, torch.nn.Conv2d) and any(isinstance(m, torch.nn.MaxPool2d) for m in stages[-1]):
             stages.append(torch.nn.Sequential())
         stages[-1].append(layer)
-    head = torch.nn.Sequential(model.avgpool, model.classifier)
+    head = torch.nn.Sequential(model.pool, model.classifier)
     side = cfg["image_size"]
     x = torch.randn(cfg["batch_size"], 3, side, side, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (cfg["batch_size"],), device=device)
