@@ -72,3 +72,16 @@ def test_fit_on_a_cpu_without_bf16_trains_the_variant_and_keeps_typed_options(
     assert "recipe: " in err
     upstream = [str(w.message) for w in recwarn if "intended to run from within Python" in str(w.message)]
     assert upstream == []  # LightningCLI's warning for args given twice has no place on the first screen
+
+
+def test_print_config_shows_the_variant_where_the_run_reads_it(recipe, monkeypatch, capsys):
+    # --print_config exits inside LightningCLI's parse, before the run would put the variant in
+    for native_bf16, arch in ((False, "vgg13"), (True, "vgg16")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native_bf16: native)
+        args = ["fit", "--config", str(recipe), "--trainer.accelerator", "cpu", "--print_config"]
+        with pytest.raises(SystemExit):
+            main([*args, "--model.label_smoothing", "0.3"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["net"]["arch"] == arch  # the variant's without bf16; the default's with it
+        assert printed["model"]["net"]["width"] == 0.125  # the recipe's either way
+        assert printed["model"]["label_smoothing"] == 0.3  # typed: wins over both

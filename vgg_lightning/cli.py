@@ -128,6 +128,9 @@ class VGGLightningCLI(LightningCLI):
         self.ckpt_note = ""
         self.recipe_note = ""
         self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        printing = [a for a in self.raw_args if a == "--print_config" or a.startswith("--print_config=")]
+        if printing:
+            _print_with_fp32_variant(parser, [a for a in self.raw_args if a not in printing], printing)
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         if sub is None:
@@ -434,6 +437,18 @@ def build_cli(
 def program_name() -> str:
     """What the user typed to get here: ``vgg-lightning`` or ``python -m vgg_lightning``."""
     return "vgg-lightning" if Path(sys.argv[0]).name == "vgg-lightning" else "python -m vgg_lightning"
+
+
+def _print_with_fp32_variant(parser: LightningArgumentParser, args: list[str], printing: list[str]) -> None:
+    """``--print_config`` prints and exits inside the parse, before a recipe's fp32 variant is put in: so where the
+    run would read the variant, parse once without the flag, then print the config with the variant in place."""
+    config = parser.parse_args(args)
+    sub = config.get("subcommand")
+    cfg = config[sub] if sub else None
+    if cfg is not None and cfg.get(recipes.KEY) and recipes.trains_in_fp32_on_cpu(cfg.trainer):
+        with_variant, note = recipes.with_fp32_variant(args)
+        if note:
+            parser.parse_args([*with_variant, *printing])  # prints and exits
 
 
 def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> int:
