@@ -136,13 +136,12 @@ class VGGLightningCLI(LightningCLI):
         if sub is None:
             return
         cfg = self.config[sub]
-        if cfg.get(recipes.KEY) and recipes.trains_in_fp32_on_cpu(cfg.trainer):
-            args, self.recipe_note = recipes.with_fp32_variant(self.raw_args)
-            if self.recipe_note:
-                self.raw_args = args
-                # parser.parse_args: LightningCLI's parse_arguments warns whenever args and sys.argv are both given
-                self.config = parser.parse_args(args)
-                cfg = self.config[sub]
+        args, self.recipe_note = _with_fp32_variant(self.config, self.raw_args)
+        if self.recipe_note:
+            self.raw_args = args
+            # parser.parse_args: LightningCLI's parse_arguments warns whenever args and sys.argv are both given
+            self.config = parser.parse_args(args)
+            cfg = self.config[sub]
         # LightningCLI next restores every model option from --ckpt_path; these typed here must win over it.
         self.runtime_model_options = {
             k: cfg.model[k] for k in RUNTIME_MODEL_OPTIONS if _given(self.raw_args, f"model.{k}")
@@ -439,16 +438,22 @@ def program_name() -> str:
     return "vgg-lightning" if Path(sys.argv[0]).name == "vgg-lightning" else "python -m vgg_lightning"
 
 
-def _print_with_fp32_variant(parser: LightningArgumentParser, args: list[str], printing: list[str]) -> None:
-    """``--print_config`` prints and exits inside the parse, before a recipe's fp32 variant is put in: so where the
-    run would read the variant, parse once without the flag, then print the config with the variant in place."""
-    config = parser.parse_args(args)
+def _with_fp32_variant(config, args: list[str]) -> tuple[list[str], str]:
+    """``args`` with a recipe's fp32 variant put in, and the line that says so, where the parsed ``config`` will
+    train in fp32 on a CPU and its recipe names a variant; else ``args`` and ""."""
     sub = config.get("subcommand")
     cfg = config[sub] if sub else None
     if cfg is not None and cfg.get(recipes.KEY) and recipes.trains_in_fp32_on_cpu(cfg.trainer):
-        with_variant, note = recipes.with_fp32_variant(args)
-        if note:
-            parser.parse_args([*with_variant, *printing])  # prints and exits
+        return recipes.with_fp32_variant(args)
+    return args, ""
+
+
+def _print_with_fp32_variant(parser: LightningArgumentParser, args: list[str], printing: list[str]) -> None:
+    """``--print_config`` prints and exits inside the parse, before a recipe's fp32 variant is put in: so where the
+    run would read the variant, parse once without the flag, then print the config with the variant in place."""
+    with_variant, note = _with_fp32_variant(parser.parse_args(args), args)
+    if note:
+        parser.parse_args([*with_variant, *printing])  # prints and exits
 
 
 def main(args: Optional[list[str]] = None, started: Optional[float] = None) -> int:
