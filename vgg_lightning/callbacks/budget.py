@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from vgg_lightning import quiet, schedules
 from vgg_lightning.callbacks.pacing import SanityTiming
-from vgg_lightning.callbacks.step_limit import stop_validated
+from vgg_lightning.callbacks.step_limit import ValidatedStop
 from vgg_lightning.clock import StepClock, format_duration
 from vgg_lightning.messages import say
 
@@ -107,7 +107,7 @@ class TimeBudget(SanityTiming):
         self._printed_steps: Optional[int] = None  # the plan last shown to the user
         self._user_max_epochs: Optional[int] = None  # the upper bounds given, before plans changed max_epochs
         self._user_max_steps: Optional[int] = None
-        self._user_check_val_every: Optional[int] = None
+        self._validated_stop = ValidatedStop()
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -187,17 +187,14 @@ class TimeBudget(SanityTiming):
 
     def _stop(self, trainer: L.Trainer) -> None:
         # Lightning then validates, checkpoints and ends the fit, also in an epoch that would not validate.
-        replaced = stop_validated(trainer)
-        if replaced is not None:
-            self._user_check_val_every = replaced
+        self._validated_stop.stop(trainer)
         # Lightning would close with "`max_epochs=N` reached": the plan set N; the budget's own line says why.
         quiet.drop_upstream(LIGHTNING_STOP_MESSAGE)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         quiet.allow_upstream(LIGHTNING_STOP_MESSAGE)  # said (or not) by now; later fits in this process say it
-        if self._user_check_val_every is not None:
-            trainer.check_val_every_n_epoch = self._user_check_val_every
+        self._validated_stop.restore(trainer)
         trained = trainer.global_step > self._start_step
         if trained and self.planned_steps is not None and trainer.global_step >= self.planned_steps:
             what = (
