@@ -8,6 +8,7 @@ from vgg_lightning.data.augment import (
     random_crop,
     random_flip,
     random_resized_crop,
+    random_window,
     train_augment,
 )
 
@@ -125,3 +126,19 @@ def test_train_augment_uses_the_resized_crop_when_asked():
     out = train_augment(x, crop_padding=4, flip=False, resized_crop=((0.3, 0.3), (1.0, 1.0)), size=64)
     spans = out[:, 0, :, -1].float().mean(1) - out[:, 0, :, 0].float().mean(1)
     assert out.shape == x.shape and bool((spans < 0.6 * 255).all())  # about sqrt(0.3) of the width: zoomed in
+
+
+def test_a_smaller_size_takes_a_window_of_each_shifted_image_at_its_scale():
+    x = batch()
+    out = train_augment(x, crop_padding=0, flip=False, size=24, generator=torch.Generator().manual_seed(2))
+    assert out.shape == (16, 3, 24, 24)
+    offsets = set()
+    for i in range(len(x)):
+        windows = [(dy, dx) for dy in range(9) for dx in range(9)]
+        found = [(dy, dx) for dy, dx in windows if torch.equal(x[i, :, dy : dy + 24, dx : dx + 24], out[i])]
+        assert found, f"image {i} is not a 24x24 window of itself"
+        offsets.add(found[0])
+    assert len(offsets) > 1, "every image got the same window: not per-image"
+    assert torch.equal(random_window(x, 32), x)  # the whole image is its only window
+    small = train_augment(ramp(n=4, size=64), 0, False, resized_crop=((0.5, 1.0), (0.75, 1.33)), size=40)
+    assert small.shape == (4, 3, 40, 40)  # the resized crop is made at the smaller size

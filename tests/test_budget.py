@@ -15,6 +15,7 @@ from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.module import VGGClassifier
 from vgg_lightning.runlog import read_scalars
 
+from .helpers import ImageSides
 from .helpers.runs import fit_tiny, tiny
 
 
@@ -66,7 +67,8 @@ def test_plan_counts_every_epoch_end():
 
 
 class FakeClock(L.Callback):
-    """Every training step takes 1 s and every validation 5 s, on a clock the budget reads."""
+    """Every training step takes 1 s (on images smaller than 32x32, their share of the pixels) and every validation
+    5 s, on a clock the budget reads."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -74,8 +76,8 @@ class FakeClock(L.Callback):
     def __call__(self) -> float:
         return self.now
 
-    def on_train_batch_end(self, *args) -> None:
-        self.now += 1.0
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.now += (batch[0].shape[-1] / 32) ** 2
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.now += 5.0
@@ -131,12 +133,23 @@ def test_budget_counts_mid_epoch_validations_as_validation_not_step_time(cifar10
     assert validation_steps(trainer)[-1] == trainer.global_step
 
 
-def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_after=None, **trainer_options):
+def budget_fit(
+    data_dir: Path,
+    root: Path,
+    seconds: float,
+    ckpt_path=None,
+    stop_after=None,
+    arch="vgg11",
+    data_options=None,
+    **trainer_options,
+):
     torch.manual_seed(0)
     clock = FakeClock()
     budget = TimeBudget(seconds, started=0.0, clock=clock)  # seconds None: resumed without a budget
-    model = VGGClassifier(net=dict(arch="vgg11", width=0.125), optim=dict(lr=0.05, schedule="onecycle", warmup=0.2))
-    data = ImageDataModule(data_dir=str(data_dir), download=False, val_size=40, batch_size=16)  # 10 steps an epoch
+    model = VGGClassifier(net=dict(arch=arch, width=0.125), optim=dict(lr=0.05, schedule="onecycle", warmup=0.2))
+    data = ImageDataModule(  # 10 steps an epoch
+        data_dir=str(data_dir), download=False, val_size=40, batch_size=16, **(data_options or {})
+    )
     callbacks = [clock, budget, L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True)]
     if stop_after is not None:
         from .helpers import StopAfterEpoch
@@ -149,7 +162,7 @@ def budget_fit(data_dir: Path, root: Path, seconds: float, ckpt_path=None, stop_
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[*callbacks, ValidationSteps()],
+        callbacks=[*callbacks, ValidationSteps(), ImageSides()],
         default_root_dir=root,
         **options,
     )
@@ -168,6 +181,20 @@ def test_budget_plans_steps_and_schedule_on_a_fake_clock(cifar10_dir, tmp_path):
     assert sched.get_last_lr()[0] == pytest.approx(0.05 / 25 / 1e4)  # ended annealed
     assert 0.97 * 200 <= clock.now <= 200  # within the budget, final validation included: 130 + 13 x 5 s
     assert trainer.max_epochs == -(-budget.planned_steps // 10)
+
+
+def test_budget_counts_steps_on_smaller_early_images_by_their_pixels(cifar10_dir, tmp_path):
+    # data.early_size 16: the first half of the steps on 16x16 images, which cost a quarter of a 32x32 step here
+    options = dict(early_size=16, early_fraction=0.5)
+    trainer, budget, clock = budget_fit(cifar10_dir, tmp_path, 200.0, arch="vgg7", data_options=options)
+    ends_annealed_within(trainer, budget, clock, 200)
+    assert clock.now >= 0.97 * 200
+    # 130 steps fit at full size; a quarter of the time for the small half fits 172 (planned 10 steps in, 7.5 s
+    # used: 76 small + 86 full steps of 1 s + 17 epoch ends = 190 s of the 190.5 left)
+    assert budget.planned_steps == 172
+    sides = next(cb for cb in trainer.callbacks if isinstance(cb, ImageSides))
+    assert sides.train == [16] * 86 + [32] * 86  # the switch at half of the plan
+    assert sides.val == {32}  # evaluation at full size
 
 
 def test_resume_with_the_same_budget_keeps_the_plan(cifar10_dir, tmp_path, capsys):

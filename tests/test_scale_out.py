@@ -31,6 +31,11 @@ def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):
             "1000",
             "--model.optim.lr",
             "0.05",
+            # the first half of the plan on 16x16 images: every rank must switch at the same step
+            "--model.net.arch",
+            "vgg7",
+            "--data.early_size",
+            "16",
             "--trainer.callbacks+=tests.helpers.RecordRank",
         ),
     ]
@@ -40,6 +45,11 @@ def test_ddp_time_budget_one_plan_for_all_ranks(cifar10_dir, tmp_path):
     assert "budget 25.0 s: " in err and "the planned budget of 25.0 s ended the run" in err
     a, b = ranks(tmp_path)
     assert a["global_step"] == b["global_step"] > 30  # one plan: both ranks stopped at the same step
+    small = a["sides"].count(16)
+    assert a["sides"] == b["sides"] == [16] * small + [32] * (a["global_step"] - small)  # one switch, the same
+    # Both sizes trained. Not about half: this tiny net's step barely shrinks with its pixels, so until the switch
+    # the plan took full-size steps for 4 times the small ones' time, planned too few, switched early and grew.
+    assert 0 < small < a["global_step"]
     assert a["lr"] == b["lr"] == [pytest.approx(0.05 / 25 / 1e4, rel=1e-3)] * 2  # annealed on both
     run = tmp_path / "lightning_logs" / "version_0"
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

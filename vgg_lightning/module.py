@@ -178,6 +178,23 @@ class VGGClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
+    def check_input_size(self, size: int, option: str) -> None:
+        """A ConfigError naming ``option`` where the network cannot take ``size`` x ``size`` images (too small for
+        its poolings, or a head sized for another map)."""
+        was_training = self.net.training
+        self.net.eval()  # one image: BatchNorm in training mode would refuse a 1x1 map for that alone
+        try:
+            self.net(torch.zeros(1, 3, size, size, device=self.device))
+        except RuntimeError:
+            need = "32 or more" if self.net_options.arch != "vgg7" else "at least 8 (three 2x2 poolings)"
+            raise ConfigError(
+                f"{option} {size}: {self.net_options.arch} cannot take {size}x{size} images (it needs {need});"
+                " give a larger size"
+            ) from None
+        finally:
+            self.net.train(was_training)
+
+    @torch.no_grad()
     def _whiten_from_data(self, count: int = 5000) -> None:
         """``net.whiten``: the first convolution from the first ``count`` training images (the same on every process;
         under DDP rank 0's weights are broadcast anyway). A resumed run's checkpoint replaces it afterwards."""

@@ -16,6 +16,14 @@ import torch
 UNPLANNED_STEPS = 10**9
 
 
+def run_steps(trainer) -> float:
+    """The optimizer steps the run's schedule is sized for (a time budget's plan included; without a schedule, the
+    plan), else Lightning's estimate from max_epochs/max_steps: ``inf`` for a run without an end."""
+    module = trainer.lightning_module
+    length = module.schedule_length() if hasattr(module, "schedule_length") else None
+    return length or getattr(module, "schedule_steps", None) or trainer.estimated_stepping_batches
+
+
 def _cos(start: float, end: float, pct: float) -> float:
     """Cosine from ``start`` (pct 0) to ``end`` (pct 1)."""
     return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)

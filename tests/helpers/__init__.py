@@ -7,6 +7,7 @@
 
 from tests.helpers.callbacks import (
     BlockRank1,
+    ImageSides,
     PoisonWeights,
     RecordRank,
     SigtermAt,
@@ -14,4 +15,4 @@ from tests.helpers.callbacks import (
     ValidationSteps,
 )
 
-__all__ = ["BlockRank1", "PoisonWeights", "RecordRank", "SigtermAt", "StopAfterEpoch", "ValidationSteps"]
+__all__ = ["BlockRank1", "ImageSides", "PoisonWeights", "RecordRank", "SigtermAt", "StopAfterEpoch", "ValidationSteps"]

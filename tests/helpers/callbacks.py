@@ -39,10 +39,25 @@ class ValidationSteps(L.Callback):
             ValidationSteps.seen.append(trainer.global_step)
 
 
-class RecordRank(L.Callback):
+class ImageSides(L.Callback):
+    """The side of each training batch's images (one entry per batch), and the sides validation saw."""
+
+    def __init__(self) -> None:
+        self.train: list[int] = []
+        self.val: set[int] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.train.append(int(batch[0].shape[-1]))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val.add(int(batch[0].shape[-1]))
+
+
+class RecordRank(ImageSides):
     """Writes what each DDP rank saw to rank<N>.json in the working directory."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.record = {"indices": [], "val_acc": []}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -56,6 +71,7 @@ class RecordRank(L.Callback):
         import json
 
         self.record["world_size"] = trainer.world_size
+        self.record["sides"] = self.train
         with open("/proc/self/maps") as maps:  # the cache files this rank reads its images from
             self.record["mapped"] = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".pixels")})
         self.record["global_step"] = trainer.global_step

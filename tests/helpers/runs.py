@@ -51,14 +51,16 @@ def ranks(folder: Path) -> list[dict]:
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-def fit_tiny(data_dir, model, callbacks=(), **trainer_options):
-    """Fit ``model`` in this process on the tiny data (160 train / 40 val images, batch 16: 10 steps an epoch) with
-    a quiet CPU trainer (no logger, progress bar, summary or checkpoints unless ``trainer_options`` say so)."""
+def fit_tiny(data_dir, model, callbacks=(), data_options=None, **trainer_options):
+    """Fit ``model`` in this process on the tiny data (160 train / 40 val images, batch 16: 10 steps an epoch; more
+    ``data_options`` for the data module) with a quiet CPU trainer (no logger, progress bar, summary or checkpoints
+    unless ``trainer_options`` say so)."""
     import lightning as L
 
     from vgg_lightning.data.datamodule import ImageDataModule
 
-    data = ImageDataModule(data_dir=str(data_dir), download=False, val_size=40, batch_size=16)
+    options = dict(download=False, val_size=40, batch_size=16, **(data_options or {}))
+    data = ImageDataModule(data_dir=str(data_dir), **options)
     options = {
         "accelerator": "cpu",
         "logger": False,

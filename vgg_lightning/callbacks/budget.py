@@ -62,16 +62,22 @@ def plan_steps(
     steps_per_epoch: int,
     done_in_epoch: int,
     cap: Optional[int] = None,
+    work: Optional[Callable[[int], float]] = None,
 ) -> int:
     """How many more optimizer steps fit into ``remaining_s``, each epoch end (a partial last epoch included)
-    costing ``epoch_end_s``. ``done_in_epoch`` steps of the current epoch are already done."""
+    costing ``epoch_end_s``. ``done_in_epoch`` steps of the current epoch are already done. ``work(n)``: the next
+    ``n`` steps counted in steps of ``step_s`` (they may cost less, e.g. on smaller images), growing with ``n``."""
 
     def cost(n: int) -> float:
         epoch_ends = math.ceil((done_in_epoch + n) / steps_per_epoch) if n > 0 else 0
-        return n * step_s + epoch_ends * epoch_end_s
+        return (work(n) if work is not None else n) * step_s + epoch_ends * epoch_end_s
 
     # cost() grows with n: the largest n that fits, by bisection
     low, high = 0, max(0, int(remaining_s / max(step_s, 1e-9)))
+    for _ in range(64 if work is not None else 0):  # cheaper steps: more than that may fit
+        if cost(high + 1) > remaining_s:
+            break
+        high = 2 * high + 1
     if cap is not None:
         high = max(0, min(high, cap))
     while low < high:
@@ -96,6 +102,8 @@ class TimeBudget(SanityTiming):
         self._saved_seconds: Optional[float] = None  # the budget the checkpoint's plan was made for
         self._first_plan_done = False
         self._steps = StepClock(clock)  # seconds per batch, validations inside an interval taken out
+        self._costs: list[float] = []  # each timed batch's cost in full-size batches (data.early_size's are less)
+        self._batch_cost = 1.0  # the running batch's
         self._times_at_plan = 0  # len(self._steps.times) at the latest plan
         self._next_replan_step: Optional[int] = None  # global step of the next timed re-plan (same on every rank)
         self._last_batch_end: Optional[float] = None
@@ -154,7 +162,11 @@ class TimeBudget(SanityTiming):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         at_epoch_end = self._steps.validation_in_interval  # at batch 0: the previous epoch's own validation
+        timed = len(self._steps.times)
         now = self._steps.batch_start(batch_idx)  # a mid-epoch validation in an interval is not step time
+        if len(self._steps.times) > timed:  # the previous batch's time
+            self._costs.append(self._batch_cost)
+        self._batch_cost = float(getattr(trainer.datamodule, "last_train_cost", 1.0))
         if batch_idx == 0 and self._last_batch_end is not None:
             # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,
             # plus the validations it ran mid-epoch. The most expensive epoch so far counts.
@@ -227,13 +239,14 @@ class TimeBudget(SanityTiming):
 
     def _compute_plan(self, trainer: L.Trainer, at_batch_end: bool) -> Optional[dict[str, Any]]:
         """Rank 0's plan from its own clock and step times (None while nothing was timed)."""
-        all_times = self._steps.times
+        # Each time in full-size batches: a smaller image's step counts for more (data.early_size).
+        all_times = [t / c for t, c in zip(self._steps.times, self._costs)]
         recent = all_times[max(SKIP_STEPS, self._times_at_plan) :]
         times = recent if len(recent) >= MEASURE_STEPS else (all_times[SKIP_STEPS:] or all_times)
         if not times or self.seconds is None:
             return None
         now = self.clock()
-        step_s = sum(times) / len(times) * self._accumulate(trainer)  # seconds per optimizer step
+        step_s = sum(times) / len(times) * self._accumulate(trainer)  # seconds per full-size optimizer step
         per_epoch = self._steps_per_epoch(trainer)
         remaining = self.seconds - (now - self.started)
         remaining -= max(RESERVE_MIN_S, RESERVE_FRACTION * self.seconds) + self._final_extra_s(trainer)
@@ -245,7 +258,9 @@ class TimeBudget(SanityTiming):
         if not at_batch_end:
             done_in_epoch = 0
         extra = self._epoch_extra_estimate(trainer)
-        more = plan_steps(remaining, step_s, extra, per_epoch, done_in_epoch, cap)
+        train_work = getattr(trainer.datamodule, "train_work", None)
+        work = (lambda n: train_work(done, n, done + n)) if train_work is not None else None
+        more = plan_steps(remaining, step_s, extra, per_epoch, done_in_epoch, cap, work)
         # At a step's start that step runs anyway; after it, zero more steps means: stop now.
         planned = done + max(more, 0 if at_batch_end else 1)
         every = max(1, round(REPLAN_EVERY * self.seconds / max(step_s, 1e-9)))
@@ -284,6 +299,8 @@ class TimeBudget(SanityTiming):
             rate = (
                 f" at {images / plan['step_s']:,.0f} img/s measured" if images else f" at {plan['step_s']:.3f} s a step"
             )
+            if getattr(trainer.datamodule, "early", None) is not None:
+                rate += " at full size"  # data.early_size's smaller steps run faster; the plan counts them so
             what = "budget" if first else "budget re-planned"
             epochs = self.planned_steps / per_epoch
             say(

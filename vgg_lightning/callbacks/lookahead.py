@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from vgg_lightning import schedules
+
 
 def lookahead_tensors(pl_module: L.LightningModule) -> list[torch.Tensor]:
     """The tensors Lookahead averages: the network's parameters, then its floating-point buffers."""
@@ -39,7 +41,7 @@ class Lookahead(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step  # optimizer steps taken
-        total = _schedule_steps(trainer, pl_module)
+        total = max(1, int(schedules.run_steps(trainer)))
         last = step >= total
         if step == self._done_at or (step % self.every and not last):
             return
@@ -74,9 +76,3 @@ class Lookahead(Callback):
     def _restore(self, slow: Optional[list[torch.Tensor]]) -> None:
         if slow is not None:
             self.slow = [t.clone() for t in slow]
-
-
-def _schedule_steps(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-    """The steps the schedule is sized for (a time budget's plan included), else Lightning's estimate."""
-    length = pl_module.schedule_length() if hasattr(pl_module, "schedule_length") else None
-    return max(1, int(length or trainer.estimated_stepping_batches))

@@ -37,6 +37,18 @@ def random_crop(
     return bands.unfold(2, w, 1)[batch, :, left]  # (n, c, h, w)
 
 
+def random_window(images: torch.Tensor, size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per-image random ``size`` x ``size`` window of the images, at their scale (cuda-convnet's 24x24 crops of
+    CIFAR)."""
+    n, _, h, w = images.shape
+    dev = images.device
+    top = torch.randint(0, h - size + 1, (n,), device=dev, generator=generator)
+    left = torch.randint(0, w - size + 1, (n,), device=dev, generator=generator)
+    batch = torch.arange(n, device=dev)
+    bands = images.unfold(2, size, 1)[batch, :, top]  # (n, c, W, size)
+    return bands.unfold(2, size, 1)[batch, :, left]  # (n, c, size, size)
+
+
 def random_resized_crop(
     images: torch.Tensor,
     size: int,
@@ -127,11 +139,14 @@ def train_augment(
     size: Optional[int] = None,
 ) -> torch.Tensor:
     """The training augmentation on a uint8 batch: crop (``resized_crop``: a random-resized crop with these
-    (scale, ratio) ranges to ``size``; else the padded shift crop), flip, cutout (each skipped when off)."""
+    (scale, ratio) ranges to ``size``; else the padded shift crop, then a random ``size`` window of it where
+    ``size`` is smaller than the images), flip, cutout (each skipped when off)."""
     if resized_crop is not None:
         images = random_resized_crop(images, size or images.shape[-1], *resized_crop, generator=generator)
     else:
         images = random_crop(images, crop_padding, generator, padding_mode)
+        if size is not None and size < images.shape[-1]:
+            images = random_window(images, size, generator)
     if flip:
         images = random_flip(images, generator)
     return cutout(images, cutout_size, generator)

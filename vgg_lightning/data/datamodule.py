@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from typing_extensions import override
 
+from vgg_lightning import schedules
 from vgg_lightning.data import image_folders, image_sets
 from vgg_lightning.data.augment import normalize, train_augment
 from vgg_lightning.data.cifar_files import (
@@ -33,6 +34,7 @@ from vgg_lightning.data.cifar_files import (
     read_batches,
     read_class_names,
 )
+from vgg_lightning.data.early_size import EarlySize
 from vgg_lightning.data.image_sets import ImageSet
 from vgg_lightning.data.images import load_images
 from vgg_lightning.data.loader import TensorBatchLoader
@@ -86,6 +88,12 @@ class ImageDataModule(L.LightningDataModule):
             ``alternate`` mirrors each image in every other epoch (a seeded random half in the first), which
             shows every image both ways in any two epochs (airbench; helps most in short runs), ``false`` none.
         cutout: side of the square Cutout erases from each training image (0 turns it off).
+        early_size: train the first ``early_fraction`` of the steps on smaller crops of this side, the rest and
+            evaluation at ``image_size``: with ``crop: pad`` a random window of the shifted image at its own scale
+            (cuda-convnet's 24x24 crops of CIFAR), with ``resized`` the random-resized crop made at this size
+            (progressive resizing). A step costs about (early_size / image_size)^2 of a full one, so a time budget
+            fits more (it counts them so). Default: off.
+        early_fraction: the share of the schedule's steps trained at ``early_size``.
         mean: per-channel mean for normalization; default: the training set's (computed for class folders).
         std: per-channel standard deviation for normalization; default: the training set's.
         data_on_device: on a GPU, keep the images in GPU memory (no per-step host-to-device copy). Default: where
@@ -115,6 +123,8 @@ class ImageDataModule(L.LightningDataModule):
         padding_mode: Literal["constant", "reflect"] = "constant",
         flip: Union[bool, Literal["alternate"]] = True,
         cutout: NonNegativeInt = 0,
+        early_size: Optional[PositiveInt] = None,
+        early_fraction: float = 0.5,
         mean: Optional[tuple[float, float, float]] = None,
         std: Optional[tuple[float, float, float]] = None,
         data_on_device: Optional[bool] = None,
@@ -151,7 +161,12 @@ class ImageDataModule(L.LightningDataModule):
             )
         if image_size < 32:
             raise ConfigError(f"data.image_size must be at least 32 (five 2x2 poolings), got {image_size}")
+        try:
+            self.early = EarlySize(early_size, early_fraction, image_size) if early_size else None
+        except ValueError as e:
+            raise ConfigError(f"data.early_size / data.early_fraction: {e}") from None
         self.save_hyperparameters()
+        self.last_train_cost = 1.0  # the latest training batch's cost in full-size steps (for the time budget)
         self.is_folder = dataset == "folder"
         self.spec = None if self.is_folder else SPECS[dataset]
         self.data_dir = Path(data_dir)
@@ -297,6 +312,9 @@ class ImageDataModule(L.LightningDataModule):
 
     @override
     def setup(self, stage: Optional[str] = None) -> None:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if stage == "fit" and self.early is not None and hasattr(module, "check_input_size"):
+            module.check_input_size(self.early.size, "data.early_size")  # before anything is decoded
         from_files = stage == "predict" and self.hparams.predict_path is not None
         if from_files and self.predict_set is None:
             images, self.predict_files, self.skipped_files = load_images(
@@ -464,6 +482,8 @@ class ImageDataModule(L.LightningDataModule):
         state: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std)} if self.mean and self.std else {}
         if self._train_loader is not None:
             state["train_loader"] = self._train_loader.state_dict()
+        if self.early is not None:
+            state["early_size"] = self.early.state_dict()
         return state
 
     @override
@@ -471,6 +491,8 @@ class ImageDataModule(L.LightningDataModule):
         if state_dict.get("mean") and state_dict.get("std"):
             self.mean, self.std = tuple(state_dict["mean"]), tuple(state_dict["std"])
         self._train_loader_state = state_dict.get("train_loader")
+        if self.early is not None and state_dict.get("early_size"):
+            self.early.load_state_dict(state_dict["early_size"])
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _reads_ahead(self) -> bool:
@@ -538,10 +560,35 @@ class ImageDataModule(L.LightningDataModule):
                     h.cutout,
                     padding_mode=h.padding_mode,
                     resized_crop=(h.crop_scale, h.crop_ratio) if self.resized_crop else None,
-                    size=h.image_size,
+                    size=self._train_size(),
                 )
             images = normalize(images, self.mean, self.std)
         return images, labels
+
+    def _train_size(self) -> int:
+        """The side of this training step's images: ``early_size`` in the run's early share, else ``image_size``."""
+        self.last_train_cost = 1.0
+        if self.early is None:
+            return self.hparams.image_size
+        size = self.early.size_at(self.trainer.global_step, self._schedule_total())
+        if size != self.hparams.image_size:
+            self.last_train_cost = self.early.cost
+        return size
+
+    def _schedule_total(self) -> int:
+        """The optimizer steps the run's schedule is sized for (a time budget's plan included)."""
+        total = schedules.run_steps(self.trainer)
+        if not math.isfinite(total):
+            raise ConfigError(
+                "data.early_size needs a run with an end: give --trainer.max_epochs, --trainer.max_steps or"
+                " --trainer.max_time"
+            )
+        return int(total)
+
+    def train_work(self, first: int, count: int, total: int) -> float:
+        """Training steps ``first`` .. ``first + count - 1`` of a ``total``-step run, counted in full-size steps
+        (what the time budget plans with)."""
+        return self.early.work(first, count, total) if self.early is not None else float(count)
 
 
 # The name this class had before it also served class folders; checkpoints written then keep their data module's
