@@ -189,7 +189,7 @@ class VGGClassifier(L.LightningModule):
             need = "32 or more" if self.net_options.arch != "vgg7" else "at least 8 (three 2x2 poolings)"
             raise ConfigError(
                 f"{option} {size}: {self.net_options.arch} cannot take {size}x{size} images (it needs {need});"
-                " give a larger size"
+                f" give a larger size, or none: --{option} null"
             ) from None
         finally:
             self.net.train(was_training)
