@@ -51,7 +51,8 @@ def test_a_net_too_deep_for_the_early_size_is_refused_before_training(cifar10_di
     # VGG-11's five poolings need 32x32 images; vgg7's three take 16x16
     assert main(["fit", *tiny(cifar10_dir, "--trainer.max_steps", "2", "--data.early_size", "16")]) == 2
     err = capsys.readouterr().err
-    assert "data.early_size 16: vgg11 cannot take 16x16 images" in err and "Traceback" not in err
+    assert "data.early_size 16: vgg11 cannot take 16x16 images (its 5 2x2 poolings need 32 or more)" in err
+    assert "--data.early_size null" in err and "Traceback" not in err
     model = VGGClassifier(net=dict(arch="vgg7", width=0.125))
     model.check_input_size(8, "data.early_size")  # 1x1 after three poolings: fine
     assert model.net.training  # left as it was

@@ -186,10 +186,12 @@ class VGGClassifier(L.LightningModule):
         try:
             self.net(torch.zeros(1, 3, size, size, device=self.device))
         except RuntimeError:
-            need = "32 or more" if self.net_options.arch != "vgg7" else "at least 8 (three 2x2 poolings)"
+            arch = self.net_options.arch
+            pools = CONFIGS[arch].count("M") if arch in CONFIGS else 0
+            need = f"its {pools} 2x2 poolings need {2**pools} or more" if pools else "its head is sized for 32x32"
             raise ConfigError(
-                f"{option} {size}: {self.net_options.arch} cannot take {size}x{size} images (it needs {need});"
-                f" give a larger size, or none: --{option} null"
+                f"{option} {size}: {arch} cannot take {size}x{size} images ({need}); give a larger size, or none:"
+                f" --{option} null"
             ) from None
         finally:
             self.net.train(was_training)

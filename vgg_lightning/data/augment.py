@@ -25,28 +25,25 @@ def random_crop(
     ``reflect`` mirrors the border pixels (no black edges the net never sees at test time)."""
     if padding <= 0:
         return images
-    n, _, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding), mode=padding_mode)
+    return random_window(padded, images.shape[-2], images.shape[-1], generator)
+
+
+def random_window(
+    images: torch.Tensor, height: int, width: Optional[int] = None, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Per-image random ``height`` x ``width`` (default: square) window of the images, at their scale (the shift
+    crop of padded images; cuda-convnet's 24x24 crops of CIFAR)."""
+    width = width or height
+    n, _, h, w = images.shape
     dev = images.device
-    top = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (n,), device=dev, generator=generator)
+    top = torch.randint(0, h - height + 1, (n,), device=dev, generator=generator)
+    left = torch.randint(0, w - width + 1, (n,), device=dev, generator=generator)
     # One image's window is a slice: pick each image's row band, then its columns, from sliding-window views
     # (whole slices copied; a gather per pixel took 3-5 times as long on a CPU).
     batch = torch.arange(n, device=dev)
-    bands = padded.unfold(2, h, 1)[batch, :, top]  # (n, c, W, h)
-    return bands.unfold(2, w, 1)[batch, :, left]  # (n, c, h, w)
-
-
-def random_window(images: torch.Tensor, size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Per-image random ``size`` x ``size`` window of the images, at their scale (cuda-convnet's 24x24 crops of
-    CIFAR)."""
-    n, _, h, w = images.shape
-    dev = images.device
-    top = torch.randint(0, h - size + 1, (n,), device=dev, generator=generator)
-    left = torch.randint(0, w - size + 1, (n,), device=dev, generator=generator)
-    batch = torch.arange(n, device=dev)
-    bands = images.unfold(2, size, 1)[batch, :, top]  # (n, c, W, size)
-    return bands.unfold(2, size, 1)[batch, :, left]  # (n, c, size, size)
+    bands = images.unfold(2, height, 1)[batch, :, top]  # (n, c, W, height)
+    return bands.unfold(2, width, 1)[batch, :, left]  # (n, c, height, width)
 
 
 def random_resized_crop(
@@ -146,7 +143,7 @@ def train_augment(
     else:
         images = random_crop(images, crop_padding, generator, padding_mode)
         if size is not None and size < images.shape[-1]:
-            images = random_window(images, size, generator)
+            images = random_window(images, size, generator=generator)
     if flip:
         images = random_flip(images, generator)
     return cutout(images, cutout_size, generator)
