@@ -166,7 +166,8 @@ class TimeBudget(SanityTiming):
         now = self._steps.batch_start(batch_idx)  # a mid-epoch validation in an interval is not step time
         if len(self._steps.times) > timed:  # the previous batch's time
             self._costs.append(self._batch_cost)
-        self._batch_cost = float(getattr(trainer.datamodule, "last_train_cost", 1.0))
+        train_work = getattr(trainer.datamodule, "train_work", None)  # this step's, as the data module made it
+        self._batch_cost = train_work(trainer.global_step, 1) if train_work is not None else 1.0
         if batch_idx == 0 and self._last_batch_end is not None:
             # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,
             # plus the validations it ran mid-epoch. The most expensive epoch so far counts.

@@ -166,7 +166,6 @@ class ImageDataModule(L.LightningDataModule):
         except ValueError as e:
             raise ConfigError(f"data.early_size / data.early_fraction: {e}") from None
         self.save_hyperparameters()
-        self.last_train_cost = 1.0  # the latest training batch's cost in full-size steps (for the time budget)
         self.is_folder = dataset == "folder"
         self.spec = None if self.is_folder else SPECS[dataset]
         self.data_dir = Path(data_dir)
@@ -567,13 +566,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def _train_size(self) -> int:
         """The side of this training step's images: ``early_size`` in the run's early share, else ``image_size``."""
-        self.last_train_cost = 1.0
         if self.early is None:
             return self.hparams.image_size
-        size = self.early.size_at(self.trainer.global_step, self._schedule_total())
-        if size != self.hparams.image_size:
-            self.last_train_cost = self.early.cost
-        return size
+        return self.early.size_at(self.trainer.global_step, self._schedule_total())
 
     def _schedule_total(self) -> int:
         """The optimizer steps the run's schedule is sized for (a time budget's plan included)."""
@@ -585,10 +580,12 @@ class ImageDataModule(L.LightningDataModule):
             )
         return int(total)
 
-    def train_work(self, first: int, count: int, total: int) -> float:
-        """Training steps ``first`` .. ``first + count - 1`` of a ``total``-step run, counted in full-size steps
-        (what the time budget plans with)."""
-        return self.early.work(first, count, total) if self.early is not None else float(count)
+    def train_work(self, first: int, count: int, total: Optional[int] = None) -> float:
+        """Training steps ``first`` .. ``first + count - 1`` of a ``total``-step run (default: this run's schedule),
+        counted in full-size steps (what the time budget plans with)."""
+        if self.early is None:
+            return float(count)
+        return self.early.work(first, count, self._schedule_total() if total is None else total)
 
 
 # The name this class had before it also served class folders; checkpoints written then keep their data module's
