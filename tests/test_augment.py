@@ -9,6 +9,7 @@ from vgg_lightning.data.augment import (
     random_flip,
     random_resized_crop,
     random_window,
+    resize,
     train_augment,
 )
 
@@ -142,3 +143,14 @@ def test_a_smaller_size_takes_a_window_of_each_shifted_image_at_its_scale():
     assert torch.equal(random_window(x, 32), x)  # the whole image is its only window
     small = train_augment(ramp(n=4, size=64), 0, False, resized_crop=((0.5, 1.0), (0.75, 1.33)), size=40)
     assert small.shape == (4, 3, 40, 40)  # the resized crop is made at the smaller size
+
+
+def test_downscale_shrinks_the_whole_shifted_image_instead_of_taking_a_window():
+    x = ramp(n=4, size=32)  # columns 0..255 left to right
+    out = train_augment(x, crop_padding=0, flip=False, size=24, downscale=True)
+    assert out.shape == (4, 3, 24, 24)
+    assert torch.equal(out, resize(x, 24))
+    # the whole ramp, squeezed: the first and last columns still near its ends (a 24-wide window would lose
+    # a quarter of its span)
+    assert int(out[0, 0, 0, 0]) < 12 and int(out[0, 0, 0, -1]) > 243
+    assert torch.equal(resize(x, 32), x)  # the image's own size: unchanged

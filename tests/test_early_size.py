@@ -58,7 +58,8 @@ def test_a_net_too_deep_for_the_early_size_is_refused_before_training(cifar10_di
     assert model.net.training  # left as it was
 
 
-def test_fit_trains_the_first_share_small_and_evaluates_at_full_size(cifar10_dir):
+@pytest.mark.parametrize("crop", ["window", "downscale"])
+def test_fit_trains_the_first_share_small_and_evaluates_at_full_size(cifar10_dir, crop):
     sides = ImageSides()
     model = VGGClassifier(net=dict(arch="vgg7", width=0.125), optim=dict(lr=0.05, schedule="onecycle"))
     trainer = fit_tiny(
@@ -66,7 +67,7 @@ def test_fit_trains_the_first_share_small_and_evaluates_at_full_size(cifar10_dir
         model,
         callbacks=[sides],
         max_epochs=2,
-        data_options=dict(early_size=16, early_fraction=0.3),
+        data_options=dict(early_size=16, early_fraction=0.3, early_crop=crop),
     )
     assert trainer.global_step == 20
     assert sides.train == [16] * 6 + [32] * 14  # 30% of the 20 steps the schedule is sized for

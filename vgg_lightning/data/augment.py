@@ -74,6 +74,12 @@ def random_resized_crop(
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A uint8 batch resized to ``size`` x ``size`` (bilinear, antialiased: no aliasing when shrinking)."""
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def random_flip(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Flip each image left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
@@ -134,16 +140,18 @@ def train_augment(
     padding_mode: str = "constant",
     resized_crop: Optional[tuple[Sequence[float], Sequence[float]]] = None,
     size: Optional[int] = None,
+    downscale: bool = False,
 ) -> torch.Tensor:
     """The training augmentation on a uint8 batch: crop (``resized_crop``: a random-resized crop with these
-    (scale, ratio) ranges to ``size``; else the padded shift crop, then a random ``size`` window of it where
-    ``size`` is smaller than the images), flip, cutout (each skipped when off)."""
+    (scale, ratio) ranges to ``size``; else the padded shift crop, then, where ``size`` is smaller than the
+    images, a random ``size`` window of it or (``downscale``) the whole of it shrunk to ``size``), flip, cutout
+    (each skipped when off)."""
     if resized_crop is not None:
         images = random_resized_crop(images, size or images.shape[-1], *resized_crop, generator=generator)
     else:
         images = random_crop(images, crop_padding, generator, padding_mode)
         if size is not None and size < images.shape[-1]:
-            images = random_window(images, size, generator=generator)
+            images = resize(images, size) if downscale else random_window(images, size, generator=generator)
     if flip:
         images = random_flip(images, generator)
     return cutout(images, cutout_size, generator)

@@ -19,13 +19,12 @@ from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from typing_extensions import override
 
 from vgg_lightning import schedules
 from vgg_lightning.data import image_folders, image_sets
-from vgg_lightning.data.augment import normalize, train_augment
+from vgg_lightning.data.augment import normalize, resize, train_augment
 from vgg_lightning.data.cifar_files import (
     SPECS,
     download_and_extract,
@@ -94,6 +93,8 @@ class ImageDataModule(L.LightningDataModule):
             (progressive resizing). A step costs about (early_size / image_size)^2 of a full one, so a time budget
             fits more (it counts them so). Default: off.
         early_fraction: the share of the schedule's steps trained at ``early_size``.
+        early_crop: how ``crop: pad`` makes the early crops: ``window`` (above) or ``downscale``, the whole shifted
+            image shrunk to ``early_size`` (antialiased): each object whole, at a smaller scale.
         mean: per-channel mean for normalization; default: the training set's (computed for class folders).
         std: per-channel standard deviation for normalization; default: the training set's.
         data_on_device: on a GPU, keep the images in GPU memory (no per-step host-to-device copy). Default: where
@@ -125,6 +126,7 @@ class ImageDataModule(L.LightningDataModule):
         cutout: NonNegativeInt = 0,
         early_size: Optional[PositiveInt] = None,
         early_fraction: float = 0.5,
+        early_crop: Literal["window", "downscale"] = "window",
         mean: Optional[tuple[float, float, float]] = None,
         std: Optional[tuple[float, float, float]] = None,
         data_on_device: Optional[bool] = None,
@@ -235,8 +237,7 @@ class ImageDataModule(L.LightningDataModule):
         size = self.hparams.image_size
         if images.shape[-1] == size and images.shape[-2] == size:
             return images
-        out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return out.round_().clamp_(0, 255).to(torch.uint8)
+        return resize(images, size)
 
     @property
     def num_classes(self) -> int:
@@ -560,6 +561,7 @@ class ImageDataModule(L.LightningDataModule):
                     padding_mode=h.padding_mode,
                     resized_crop=(h.crop_scale, h.crop_ratio) if self.resized_crop else None,
                     size=self._train_size(),
+                    downscale=h.early_crop == "downscale",
                 )
             images = normalize(images, self.mean, self.std)
         return images, labels
