@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vgg_lightning import schedules
-from vgg_lightning.callbacks.budget import TimeBudget, parse_duration, plan_steps
+from vgg_lightning.callbacks.budget import TimeBudget, parse_duration, plan_steps, validations
 from vgg_lightning.cli import main
 from vgg_lightning.data.datamodule import ImageDataModule
 from vgg_lightning.module import VGGClassifier
@@ -66,6 +66,17 @@ def test_plan_counts_every_epoch_end():
     assert plan_steps(3, 1.0, 5.0, 10, 0) == 0
 
 
+def test_plan_counts_validations_only_in_the_epochs_that_validate():
+    assert validations(0, 5, 3) == 2  # check_val_every_n_epoch 3: epoch 3's and the last one's (epoch 5)
+    assert validations(0, 6, 3) == 2  # epochs 3 and 6: the last one validates anyway
+    assert validations(3, 2, 3) == 1 and validations(0, 0, 3) == 0
+    assert validations(0, 4, 1) == 4
+    # 1 s a step, 10 steps an epoch, 1 s per epoch end, 5 s a validation: 77 steps + 8 ends + 3 validations is
+    # 100 s; validating every epoch instead, 60 steps + 6 ends x 6 s = 96 s (61 steps would need a 7th end: 103 s)
+    assert plan_steps(100, 1.0, 1.0, 10, 0, validation_s=5.0, validate_every=3) == 77
+    assert plan_steps(100, 1.0, 1.0, 10, 0, validation_s=5.0) == 60
+
+
 class FakeClock(L.Callback):
     """Every training step takes 1 s (on images smaller than 32x32, their share of the pixels) and every validation
     5 s, on a clock the budget reads."""
@@ -90,7 +101,8 @@ class ValidationSteps(L.Callback):
         self.steps: list[int] = []
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self.steps.append(trainer.global_step)
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
 
 
 def validation_steps(trainer) -> list[int]:
@@ -133,6 +145,28 @@ def test_budget_counts_mid_epoch_validations_as_validation_not_step_time(cifar10
     assert validation_steps(trainer)[-1] == trainer.global_step
 
 
+class ValidationBatchClock(FakeClock):
+    """Each validation batch takes 1 s instead, the sanity check's too (the plan's first estimate of a validation)."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.now += 1.0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        pass
+
+
+def test_budget_keeps_time_for_the_final_validation_when_epochs_do_not_validate(cifar10_dir, tmp_path, capsys):
+    # validation only once, at the end (check_val_every_n_epoch past the last epoch): 3 batches, 3 s; the epoch
+    # ends cost nothing, so the plan must set the final validation's time aside from the sanity check's estimate
+    clock = ValidationBatchClock()
+    trainer, budget, _ = budget_fit(
+        cifar10_dir, tmp_path, 200.0, clock=clock, check_val_every_n_epoch=1000, num_sanity_val_steps=2
+    )
+    assert validation_steps(trainer) == [budget.planned_steps] == [trainer.global_step]
+    assert 0.97 * 200 <= clock.now <= 200
+    assert "s per validation (every 1000 epochs and the last)" in capsys.readouterr().err
+
+
 def budget_fit(
     data_dir: Path,
     root: Path,
@@ -141,10 +175,11 @@ def budget_fit(
     stop_after=None,
     arch="vgg11",
     data_options=None,
+    clock=None,
     **trainer_options,
 ):
     torch.manual_seed(0)
-    clock = FakeClock()
+    clock = clock or FakeClock()
     budget = TimeBudget(seconds, started=0.0, clock=clock)  # seconds None: resumed without a budget
     model = VGGClassifier(net=dict(arch=arch, width=0.125), optim=dict(lr=0.05, schedule="onecycle", warmup=0.2))
     data = ImageDataModule(  # 10 steps an epoch
@@ -155,13 +190,12 @@ def budget_fit(
         from .helpers import StopAfterEpoch
 
         callbacks.append(StopAfterEpoch(stop_after))
-    options = {"max_epochs": 100, **trainer_options}
+    options = {"max_epochs": 100, "num_sanity_val_steps": 0, **trainer_options}
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
         callbacks=[*callbacks, ValidationSteps(), ImageSides()],
         default_root_dir=root,
         **options,

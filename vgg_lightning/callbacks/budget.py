@@ -3,8 +3,9 @@
 Lightning's own ``max_time`` stops training wherever the clock runs out, often with the learning rate still high
 in a OneCycle or cosine schedule, which leaves a poor model. Here the budget is planned: after timing the first
 steps (and the sanity validation), the run decides how many optimizer steps fit, counting the extra time of every
-epoch (validations, checkpoints, figures) and a final one, sizes the schedule to exactly that many steps, and ends
-with the learning rate annealed, a last validation and a checkpoint, inside the budget. The plan is refined as
+epoch (checkpoints, figures), of every validation (every epoch, or every ``check_val_every_n_epoch``) and of the
+final one, sizes the schedule to exactly that many steps, and ends with the learning rate annealed, a last
+validation and a checkpoint, inside the budget. The plan is refined as
 the run measures its real speed, saved in checkpoints, and kept by ``fit --ckpt_path last``.
 ``max_epochs``/``max_steps`` stay upper bounds. The clock starts when the command starts.
 
@@ -55,6 +56,15 @@ def parse_duration(value: Any) -> float:
     return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
 
 
+def validations(epoch: int, epoch_ends: int, every: int) -> int:
+    """How many of the epochs ``epoch`` .. ``epoch + epoch_ends - 1`` (0-based) validate, with validation every
+    ``every`` epochs; the last one always does (the run's final model is validated)."""
+    if epoch_ends <= 0:
+        return 0
+    end = epoch + epoch_ends
+    return end // every - epoch // every + (1 if end % every else 0)
+
+
 def plan_steps(
     remaining_s: float,
     step_s: float,
@@ -63,14 +73,20 @@ def plan_steps(
     done_in_epoch: int,
     cap: Optional[int] = None,
     work: Optional[Callable[[int], float]] = None,
+    validation_s: float = 0.0,
+    validate_every: int = 1,
+    epoch: int = 0,
 ) -> int:
     """How many more optimizer steps fit into ``remaining_s``, each epoch end (a partial last epoch included)
-    costing ``epoch_end_s``. ``done_in_epoch`` steps of the current epoch are already done. ``work(n)``: the next
-    ``n`` steps counted in steps of ``step_s`` (they may cost less, e.g. on smaller images), growing with ``n``."""
+    costing ``epoch_end_s``, and each validating epoch ``validation_s`` more: every ``validate_every`` epochs
+    counting from the current one, ``epoch`` (0-based), and the last. ``done_in_epoch`` steps of the current
+    epoch are already done. ``work(n)``: the next ``n`` steps counted in steps of ``step_s`` (they may cost less,
+    e.g. on smaller images), growing with ``n``."""
 
     def cost(n: int) -> float:
         epoch_ends = math.ceil((done_in_epoch + n) / steps_per_epoch) if n > 0 else 0
-        return (work(n) if work is not None else n) * step_s + epoch_ends * epoch_end_s
+        validated = validations(epoch, epoch_ends, validate_every) * validation_s
+        return (work(n) if work is not None else n) * step_s + epoch_ends * epoch_end_s + validated
 
     # cost() grows with n: the largest n that fits, by bisection
     low, high = 0, max(0, int(remaining_s / max(step_s, 1e-9)))
@@ -109,7 +125,8 @@ class TimeBudget(SanityTiming):
         self._last_batch_end: Optional[float] = None
         self._val_start: Optional[float] = None
         self._val_in_epoch = 0.0  # validation seconds in the current epoch
-        self._epoch_extra_s: Optional[float] = None  # most expensive epoch so far: its end plus mid-epoch validations
+        self._epoch_extra_s: Optional[float] = None  # most expensive epoch end so far, its validation left out
+        self._validation_s: Optional[float] = None  # most expensive validating epoch's validations (mid-epoch too)
         self._epoch_start_step = 0
         self._start_step = 0  # global step when this command's training started
         self._printed_steps: Optional[int] = None  # the plan last shown to the user
@@ -169,10 +186,13 @@ class TimeBudget(SanityTiming):
         train_work = getattr(trainer.datamodule, "train_work", None)  # this step's, as the data module made it
         self._batch_cost = train_work(trainer.global_step, 1) if train_work is not None else 1.0
         if batch_idx == 0 and self._last_batch_end is not None:
-            # From the last step of the previous epoch to here: its validation, checkpoints, figures, epoch hooks,
-            # plus the validations it ran mid-epoch. The most expensive epoch so far counts.
-            extra = now - self._last_batch_end + self._val_in_epoch - at_epoch_end
+            # From the last step of the previous epoch to here, less its validation: checkpoints, figures, epoch
+            # hooks. Apart from that, the validations it ran (at its end and mid-epoch), if it validated: epochs
+            # without one (check_val_every_n_epoch) cost less. The most expensive epoch so far counts for each.
+            extra = now - self._last_batch_end - at_epoch_end
             self._epoch_extra_s = max(self._epoch_extra_s or 0.0, extra)
+            if self._val_in_epoch > 0:
+                self._validation_s = max(self._validation_s or 0.0, self._val_in_epoch)
             if not self.resumed:
                 self._plan(trainer, pl_module, at_batch_end=False)
         if batch_idx == 0:
@@ -217,16 +237,22 @@ class TimeBudget(SanityTiming):
             say(f"{what} ended the run after {trainer.global_step:,} steps{used}")
 
     # -- planning -----------------------------------------------------------------------------------------------
-    def _epoch_extra_estimate(self, trainer: L.Trainer) -> float:
-        if self._epoch_extra_s is not None:
-            return self._epoch_extra_s
+    def _validation_estimate(self, trainer: L.Trainer) -> float:
+        """Seconds of validation in an epoch that validates: measured, or from the sanity check until then."""
+        if self._validation_s is not None:
+            return self._validation_s
         if self.sanity_s_per_batch is not None and trainer.num_val_batches:
             check_every = trainer.val_check_batch
             runs = 1
             if isinstance(check_every, (int, float)) and math.isfinite(check_every) and check_every > 0:
                 runs = max(1, int(trainer.num_training_batches // check_every))
             return self.sanity_s_per_batch * sum(trainer.num_val_batches) * runs
-        return 0.0  # no validation to pay for; the first epoch end's real cost refines the plan
+        return 0.0  # no validation to pay for; the first validation's real cost refines the plan
+
+    @staticmethod
+    def _validate_every(trainer: L.Trainer) -> int:
+        # None: validations every val_check_interval batches across epochs, counted as every epoch's
+        return max(1, int(trainer.check_val_every_n_epoch or 1))
 
     def _final_extra_s(self, trainer: L.Trainer) -> float:
         """What the last validation costs beyond the others: its test-time augmentation's extra passes (the mirror,
@@ -258,19 +284,25 @@ class TimeBudget(SanityTiming):
         done_in_epoch = done - self._epoch_start_step
         if not at_batch_end:
             done_in_epoch = 0
-        extra = self._epoch_extra_estimate(trainer)
+        extra = self._epoch_extra_s or 0.0  # the first epoch end's real cost refines the plan
+        validation = self._validation_estimate(trainer)
+        every = self._validate_every(trainer)
         train_work = getattr(trainer.datamodule, "train_work", None)
         work = (lambda n: train_work(done, n, done + n)) if train_work is not None else None
-        more = plan_steps(remaining, step_s, extra, per_epoch, done_in_epoch, cap, work)
+        more = plan_steps(
+            remaining, step_s, extra, per_epoch, done_in_epoch, cap, work, validation, every, trainer.current_epoch
+        )
         # At a step's start that step runs anyway; after it, zero more steps means: stop now.
         planned = done + max(more, 0 if at_batch_end else 1)
-        every = max(1, round(REPLAN_EVERY * self.seconds / max(step_s, 1e-9)))
+        replan_every = max(1, round(REPLAN_EVERY * self.seconds / max(step_s, 1e-9)))
         return {
             "planned": planned,
             "step_s": step_s,
             "extra_s": extra,
+            "validation_s": validation,
+            "validate_every": every,
             "used_s": now - self.started,
-            "next_replan": done + every,
+            "next_replan": done + replan_every,
             "times": len(self._steps.times),
         }
 
@@ -304,10 +336,16 @@ class TimeBudget(SanityTiming):
                 rate += " at full size"  # data.early_size's smaller steps run faster; the plan counts them so
             what = "budget" if first else "budget re-planned"
             epochs = self.planned_steps / per_epoch
+            if plan["validate_every"] == 1:
+                ends = f"{plan['extra_s'] + plan['validation_s']:.1f} s per epoch end (validation, checkpoints)"
+            else:
+                ends = (
+                    f"{plan['extra_s']:.1f} s per epoch end, {plan['validation_s']:.1f} s per validation (every"
+                    f" {plan['validate_every']} epochs and the last)"
+                )
             say(
                 f"{what} {format_duration(self.seconds)}: {self.planned_steps:,} steps = {epochs:.1f} epochs{rate},"
-                f" {plan['extra_s']:.1f} s per epoch end (validation, checkpoints);"
-                f" {format_duration(plan['used_s'])} used so far"
+                f" {ends}; {format_duration(plan['used_s'])} used so far"
             )
 
     @staticmethod
