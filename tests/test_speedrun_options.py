@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from vgg_lightning.callbacks.lookahead import Lookahead, lookahead_tensors
 from vgg_lightning.cli import main
 from vgg_lightning.errors import ConfigError
-from vgg_lightning.models import build_model, dirac_init, first_conv, whiten_init
+from vgg_lightning.models import NetOptions, build_model, dirac_init, first_conv, whiten_init
 from vgg_lightning.module import VGGClassifier
 
 from .helpers.runs import fit_tiny, tiny
@@ -61,14 +61,26 @@ def test_whitening_makes_the_patch_covariance_the_identity():
     assert torch.equal(conv.weight[k : 2 * k], -conv.weight[:k])
 
 
-def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("whiten, stops", [("frozen", False), ("frozen_layer", True)])
+def test_a_frozen_first_layer_stops_backpropagation_at_the_second_convolution(whiten, stops):
+    net = NetOptions(arch="vgg7", width=0.125, whiten=whiten).build(10)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    needs_grad = []
+    convs[1].register_forward_pre_hook(lambda module, args: needs_grad.append(args[0].requires_grad))
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert needs_grad == [not stops]  # with frozen_layer no input gradient for the second conv to compute
+    assert convs[1].weight.grad is not None and convs[0].weight.grad is None
+
+
+@pytest.mark.parametrize("whiten", ["frozen", "frozen_layer"])
+def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, monkeypatch, whiten):
     monkeypatch.chdir(tmp_path)
     args = tiny(
         cifar10_dir,
         "--trainer.max_epochs",
         "1",
         "--model.net.whiten",
-        "frozen",
+        whiten,
         "--model.net.bn_scale",
         "false",
         "--model.net.bn_momentum",
@@ -91,7 +103,10 @@ def test_frozen_whitening_and_bn_options_through_a_fit(cifar10_dir, tmp_path, mo
     assert torch.allclose(first_conv(model.net).weight[:k], first_conv(expected).weight[:k], atol=1e-6)
     bns = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)  # scales kept at 1
-    assert any(m.bias.abs().sum() > 0 for m in bns)  # shifts trained
+    assert any(m.bias.abs().sum() > 0 for m in bns[1:])  # shifts trained
+    # the first BatchNorm's shift: trained after frozen filters, kept at 0 with frozen_layer (its statistics run)
+    assert (bns[0].bias.abs().sum() > 0) == (whiten == "frozen")
+    assert not torch.equal(bns[0].running_var, torch.ones_like(bns[0].running_var))
     assert {(m.momentum, m.eps) for m in bns} == {(0.4, 1e-12)}
 
 
