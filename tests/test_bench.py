@@ -4,8 +4,10 @@ from vgg_lightning.tools.bench import run
 
 
 def test_bench_runs_both_loops_and_reports(cifar10_dir, capsys):
-    summary = run(arch="vgg11", width=0.125, batch_size=8, steps=3, warmup=1, repeats=2, data_dir=str(cifar10_dir))
+    summary = run(arch="vgg11", width=0.125, batch_size=8, steps=3, warmup=1, repeats=2, data_dir=str(cifar10_dir),
+                  whiten="frozen_layer")  # fmt: skip
     out, err = capsys.readouterr()
+    assert ", whiten frozen_layer" in out  # both loops train the net fit would build, whitened from the data
     for noise in ("GPU available", "litlogger", "`Trainer.fit` stopped", "LeafSpec"):
         assert noise not in out + err, noise  # the table is the bench's screen
     assert "CIFAR-10 files in" in out and "ratio lightning/plain" in out

@@ -114,6 +114,7 @@ def _options(cfg: dict) -> tuple[NetOptions, OptimOptions]:
         stage_widths=cfg["stage_widths"],
         activation=cfg["activation"],
         pool_before_bn=cfg["pool_before_bn"],
+        whiten=cfg["whiten"],
     )
     fused = cfg["fused"] if cfg["optimizer"] == "sgd" else None
     return net, OptimOptions(name=cfg["optimizer"], lr=cfg["lr"], muon_lr=0.015, fused=fused, schedule="onecycle")
@@ -354,6 +355,7 @@ def run(
     stage_widths: Optional[list[float]] = None,
     activation: Literal["relu", "gelu"] = "relu",
     pool_before_bn: bool = False,
+    whiten: Literal["off", "frozen", "frozen_layer", "trained"] = "off",
     optimizer: Literal["sgd", "muon"] = "sgd",
     batch_size: int = 256,
     steps: int = 20,
@@ -378,6 +380,8 @@ def run(
         stage_widths: one more factor per stage (``--model.net.stage_widths`` of ``fit``).
         activation: ``relu`` or ``gelu`` after each convolution (``--model.net.activation`` of ``fit``).
         pool_before_bn: each pooling before its BatchNorm and activation (``--model.net.pool_before_bn`` of ``fit``).
+        whiten: the first convolution as ``--model.net.whiten`` of ``fit`` (``frozen``: its filters need no
+            gradient; ``frozen_layer``: nothing below the second convolution does).
         optimizer: ``sgd`` or ``muon`` (``--model.optim.name`` of ``fit``): Muon's Newton-Schulz iterations cost
             the same per step whatever the batch.
         batch_size: images per step.
@@ -409,6 +413,7 @@ def run(
         stage_widths=stage_widths,
         activation=activation,
         pool_before_bn=pool_before_bn,
+        whiten=whiten,
         optimizer=optimizer,
         batch_size=batch_size,
         steps=steps,
@@ -457,6 +462,7 @@ def _run(
     print(f"data: {source}")
     per_stage = f" stages {stage_widths}" if stage_widths else ""
     per_stage += ", pooled before BN" if pool_before_bn else ""
+    per_stage += f", whiten {cfg['whiten']}" if cfg["whiten"] != "off" else ""
     print(
         f"model: {arch} width {width}{per_stage} BN {activation}; batch {batch_size}; precision {precision};"
         f" channels_last {channels_last}; compile {compile}; {optimizer}; fused SGD {fused};"
